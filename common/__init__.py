@@ -1,0 +1,1 @@
+"""Pieces shared by the ingest server, the processor and the reporting API."""

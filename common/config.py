@@ -1,0 +1,85 @@
+"""Settings read once from the environment into one immutable object per process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from common import constants
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the services cannot use."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/analytics"
+    host: str = "0.0.0.0"
+    port: int = 3000
+    stream_key: str = constants.STREAM_KEY
+    consumer_group: str = constants.CONSUMER_GROUP
+    consumer_name: str = dataclasses.field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
+    )
+    batch_size: int = 500
+    block_ms: int = 1000
+    claim_min_idle_ms: int = 60_000
+    claim_interval_ms: int = 5_000
+    redis_timeout_ms: int = 500
+    max_body_bytes: int = 1_048_576
+    log_level: str = "INFO"
+
+    @property
+    def dead_letter_key(self) -> str:
+        return self.stream_key + constants.DEAD_LETTER_SUFFIX
+
+    def __repr__(self) -> str:
+        # Never print a password: URLs are shown with their credentials masked.
+        fields = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_url"):
+                value = redact_url(value)
+            fields.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(fields)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            name = field.name.upper()
+            if name not in env:
+                continue
+            raw = env[name]
+            if field.type == "int":
+                try:
+                    number = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+                if number < 0:
+                    raise ConfigError(f"{name} must not be negative, got {number}")
+                values[field.name] = number
+            else:
+                if not raw:
+                    raise ConfigError(f"{name} must not be empty")
+                values[field.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.batch_size < 1:
+            raise ConfigError("BATCH_SIZE must be at least 1")
+        return settings
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by '***', fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,24 @@
+"""Every Redis key, field, group and table name the services share, in one place."""
+
+STREAM_KEY = "events_stream"
+CONSUMER_GROUP = "events_processors"
+# Entries that can never be stored go here with the reason, instead of blocking the stream.
+DEAD_LETTER_SUFFIX = ":dead"
+
+# Each stream entry holds one field: the validated event, encoded as JSON by the ingest server.
+EVENT_FIELD = b"event"
+
+PAGE_VIEW = "page_view"
+
+EVENTS_TABLE = "events"
+STAGING_TABLE = "event_staging"
+MIGRATIONS_TABLE = "schema_migrations"
+
+# pg_advisory_lock key that serialises migrations across processes ("anlytics" in ASCII).
+MIGRATION_LOCK_KEY = 0x616E6C7974696373
+
+# Longest accepted values, in characters.
+MAX_SITE_ID = 128
+MAX_EVENT_TYPE = 64
+MAX_PATH = 2048
+MAX_USER_ID = 256

@@ -1,0 +1,1 @@
+"""The public edge: validates events and appends them to the Redis stream."""

@@ -1,0 +1,40 @@
+"""Run the HTTP server: `python -m ingest`."""
+
+import logging
+import sys
+
+import uvicorn
+
+from common.config import ConfigError, Settings
+from common.logs import configure
+from ingest.app import create_app
+
+logger = logging.getLogger("ingest")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        return 2
+    configure(settings.log_level)
+    logger.info("starting with %r", settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Request bodies to validated events: pure code, no I/O.
+
+A valid event is a dict with exactly the keys of EVENT_KEYS; times are integers of
+microseconds since the Unix epoch (UTC). It is what the stream carries and what the
+processor turns into a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from common.constants import MAX_EVENT_TYPE, MAX_PATH, MAX_SITE_ID, MAX_USER_ID
+from ingest.ids import uuid7
+
+EVENT_KEYS = ("event_id", "site_id", "event_type", "path", "user_id", "timestamp", "received_at")
+
+DEFAULT_PATH = "/"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class InvalidEvent(ValueError):
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+    def detail(self) -> list[dict[str, str]]:
+        return [{"field": e.field, "message": e.message} for e in self.errors]
+
+
+def parse_event(body: bytes, received_at: int) -> dict[str, Any]:
+    """Parse and validate one JSON event; raises InvalidEvent naming every field at fault."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent([FieldError("body", "not valid JSON")]) from None
+    return validate_event(data, received_at)
+
+
+def validate_event(data: object, received_at: int) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidEvent([FieldError("body", "must be a JSON object")])
+    errors: list[FieldError] = []
+    site_id = _text(data, "site_id", MAX_SITE_ID, errors, required=True)
+    event_type = _text(data, "event_type", MAX_EVENT_TYPE, errors, required=True)
+    path = _text(data, "path", MAX_PATH, errors) or DEFAULT_PATH
+    user_id = _text(data, "user_id", MAX_USER_ID, errors)
+    timestamp = _timestamp(data.get("timestamp"), received_at, errors)
+    event_id = _event_id(data.get("event_id"), errors)
+    if errors:
+        raise InvalidEvent(errors)
+    return {
+        "event_id": event_id,
+        "site_id": site_id,
+        "event_type": event_type,
+        "path": path,
+        "user_id": user_id,
+        "timestamp": timestamp,
+        "received_at": received_at,
+    }
+
+
+def to_epoch_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _text(
+    data: dict[str, Any], field: str, max_length: int, errors: list[FieldError], *, required: bool = False
+) -> str | None:
+    value = data.get(field)
+    if value is None or value == "":
+        if required:
+            errors.append(FieldError(field, "required"))
+        return None
+    if not isinstance(value, str):
+        errors.append(FieldError(field, "must be a string"))
+    elif len(value) > max_length:
+        errors.append(FieldError(field, f"longer than {max_length} characters"))
+    elif "\x00" in value:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than poison the stream.
+        errors.append(FieldError(field, "must not contain NUL characters"))
+    else:
+        return value
+    return None
+
+
+def _timestamp(value: object, received_at: int, errors: list[FieldError]) -> int:
+    if value is None:
+        return received_at
+    if not isinstance(value, str) or len(value) > 64:
+        errors.append(FieldError("timestamp", "must be an ISO-8601 string"))
+        return received_at
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        errors.append(FieldError("timestamp", "must be an ISO-8601 date and time"))
+        return received_at
+    if moment.tzinfo is None:
+        errors.append(FieldError("timestamp", "must include a UTC offset, e.g. Z or +02:00"))
+        return received_at
+    try:
+        # Converting to UTC first keeps every accepted time representable downstream.
+        return to_epoch_micros(moment.astimezone(timezone.utc))
+    except OverflowError:
+        errors.append(FieldError("timestamp", "out of range"))
+        return received_at
+
+
+def _event_id(value: object, errors: list[FieldError]) -> str:
+    if value is None:
+        return uuid7()
+    if isinstance(value, str) and len(value) <= 45:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    errors.append(FieldError("event_id", "must be a UUID"))
+    return ""

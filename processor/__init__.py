@@ -1,0 +1,1 @@
+"""The processor: stream entries to stored events and exact daily aggregates."""

@@ -1,0 +1,93 @@
+"""Writing one batch: COPY into staging, then one set-based statement, in one transaction.
+
+Only events newly inserted into `events` reach the aggregates, so a redelivered batch
+(committed, then not acknowledged before a crash) finds its event_ids stored already
+and changes nothing. Every multi-row write goes in key order, so that processors
+writing at the same time take row locks in the same order and cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import asyncpg
+
+from common.constants import PAGE_VIEW, STAGING_TABLE
+from processor.decode import COLUMNS, Row
+
+# ON COMMIT DELETE ROWS empties it after every batch; being temporary, it writes no WAL.
+CREATE_STAGING = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
+    event_id    uuid NOT NULL,
+    site_id     text COLLATE "C" NOT NULL,
+    event_type  text COLLATE "C" NOT NULL,
+    path        text COLLATE "C" NOT NULL,
+    user_id     text COLLATE "C",
+    "timestamp" timestamptz NOT NULL,
+    received_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+STORE_STAGED = f"""
+WITH inserted AS (
+    INSERT INTO events (event_id, site_id, event_type, path, user_id, "timestamp", received_at)
+    SELECT event_id, site_id, event_type, path, user_id, "timestamp", received_at
+    FROM {STAGING_TABLE}
+    ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING site_id, event_type, path, user_id, ("timestamp" AT TIME ZONE 'UTC')::date AS date
+),
+new_users AS (
+    INSERT INTO daily_site_users (site_id, date, user_id)
+    SELECT DISTINCT site_id, date, user_id FROM inserted
+    WHERE user_id IS NOT NULL
+    ORDER BY site_id, date, user_id
+    ON CONFLICT DO NOTHING
+    RETURNING site_id, date
+),
+views_per_day AS (
+    SELECT site_id, date, count(*) AS views FROM inserted
+    WHERE event_type = '{PAGE_VIEW}'
+    GROUP BY site_id, date
+),
+users_per_day AS (
+    SELECT site_id, date, count(*) AS users FROM new_users GROUP BY site_id, date
+),
+stats AS (
+    INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
+    SELECT site_id, date, coalesce(v.views, 0), coalesce(u.users, 0)
+    FROM views_per_day AS v FULL JOIN users_per_day AS u USING (site_id, date)
+    ORDER BY site_id, date
+    ON CONFLICT (site_id, date) DO UPDATE
+    SET total_views = s.total_views + excluded.total_views,
+        unique_users = s.unique_users + excluded.unique_users
+),
+paths AS (
+    INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
+    SELECT site_id, date, path, count(*) FROM inserted
+    WHERE event_type = '{PAGE_VIEW}'
+    GROUP BY site_id, date, path
+    ORDER BY site_id, date, path
+    ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
+)
+SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM new_users) AS new_users
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreResult:
+    inserted: int  # rows new to `events`; the rest were stored before (duplicates)
+    new_users: int
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up (asyncpg pool `init`): the session's staging table."""
+    await conn.execute(CREATE_STAGING)
+
+
+async def store_rows(conn: asyncpg.Connection, rows: list[Row]) -> StoreResult:
+    async with conn.transaction():
+        await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=COLUMNS)
+        record = await conn.fetchrow(STORE_STAGED)
+    assert record is not None
+    return StoreResult(inserted=record["inserted"], new_users=record["new_users"])

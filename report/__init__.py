@@ -1,0 +1,1 @@
+"""The reporting API: daily figures per site for dashboards."""
