@@ -1,0 +1,73 @@
+"""Unit tests of stream entries to rows: no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+
+from common.constants import EVENT_FIELD
+from ingest.validation import parse_event
+from processor.decode import decode_entries
+
+RECEIVED = 1_700_000_000_000_000
+
+
+def entry(entry_id: bytes, payload: object) -> tuple[bytes, dict[bytes, bytes]]:
+    return entry_id, {EVENT_FIELD: orjson.dumps(payload)}
+
+
+def valid_event(**changes: object) -> dict[str, object]:
+    body = {"site_id": "s", "event_type": "page_view", "path": "/p", "user_id": "u"}
+    body.update(changes)
+    return parse_event(orjson.dumps(body), RECEIVED)
+
+
+def test_an_ingested_event_becomes_its_row() -> None:
+    event = valid_event(timestamp="2024-05-01T12:00:00.5Z")
+    batch = decode_entries([entry(b"1-0", event)])
+    assert batch.entry_ids == [b"1-0"]
+    assert batch.rejected == []
+    assert batch.rows == [
+        (
+            uuid.UUID(str(event["event_id"])),
+            "s",
+            "page_view",
+            "/p",
+            "u",
+            datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=timezone.utc),
+            datetime.fromtimestamp(RECEIVED / 1_000_000, tz=timezone.utc),
+        )
+    ]
+
+
+def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
+    batch = decode_entries([(b"1-0", None), (b"2-0", {})])
+    assert batch.entry_ids == [b"1-0", b"2-0"]
+    assert batch.rows == []
+    assert batch.rejected == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"other": b"x"},
+        {EVENT_FIELD: b"{not json"},
+        {EVENT_FIELD: b"[1, 2]"},
+        {EVENT_FIELD: orjson.dumps(valid_event(event_id=None) | {"event_id": "nope"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"site_id": ""})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"path": None})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"user_id": 7})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"event_type": "a\x00b"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": "2024-01-01T00:00:00Z"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": True})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"received_at": 10**18})},
+    ],
+)
+def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, bytes]) -> None:
+    batch = decode_entries([entry(b"1-0", valid_event()), (b"2-0", fields), entry(b"3-0", valid_event())])
+    assert batch.entry_ids == [b"1-0", b"2-0", b"3-0"]
+    assert len(batch.rows) == 2
+    assert [(entry_id, reason != "") for entry_id, _, reason in batch.rejected] == [(b"2-0", True)]

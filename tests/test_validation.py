@@ -1,0 +1,110 @@
+"""Unit tests of request validation: no I/O."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from common.constants import MAX_EVENT_TYPE, MAX_PATH, MAX_SITE_ID, MAX_USER_ID
+from ingest.ids import uuid7
+from ingest.validation import InvalidEvent, parse_event
+
+RECEIVED = 1_700_000_000_123_456
+
+
+def parse(payload: object) -> dict[str, object]:
+    return parse_event(orjson.dumps(payload), RECEIVED)
+
+
+def fields_at_fault(payload: object) -> list[str]:
+    with pytest.raises(InvalidEvent) as caught:
+        parse(payload)
+    return [error.field for error in caught.value.errors]
+
+
+def test_minimal_event_gets_defaults() -> None:
+    event = parse({"site_id": "s", "event_type": "page_view"})
+    assert event["path"] == "/"
+    assert event["user_id"] is None
+    assert event["timestamp"] == RECEIVED
+    assert event["received_at"] == RECEIVED
+    assert uuid.UUID(str(event["event_id"])).version == 7
+
+
+def test_full_event_is_normalised() -> None:
+    client_id = "6F9619FF-8B86-D011-B42D-00CF4FC964FF"
+    event = parse(
+        {
+            "site_id": "site",
+            "event_type": "signup",
+            "path": "/pricing",
+            "user_id": "u-1",
+            "timestamp": "2024-03-01T01:30:00+02:00",
+            "event_id": client_id,
+            "unknown_field": [1, 2],
+        }
+    )
+    assert event == {
+        "event_id": client_id.lower(),
+        "site_id": "site",
+        "event_type": "signup",
+        "path": "/pricing",
+        "user_id": "u-1",
+        "timestamp": 1_709_249_400_000_000,  # 2024-02-29T23:30:00Z
+        "received_at": RECEIVED,
+    }
+
+
+def test_zulu_suffix_and_fractions_are_accepted() -> None:
+    event = parse({"site_id": "s", "event_type": "e", "timestamp": "2024-01-01T00:00:00.25Z"})
+    assert event["timestamp"] == 1_704_067_200_250_000
+
+
+def test_empty_user_id_means_no_user() -> None:
+    assert parse({"site_id": "s", "event_type": "e", "user_id": ""})["user_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        ({}, ["site_id", "event_type"]),
+        ({"site_id": "", "event_type": "e"}, ["site_id"]),
+        ({"site_id": 5, "event_type": "e"}, ["site_id"]),
+        ({"site_id": "s", "event_type": ["page_view"]}, ["event_type"]),
+        ({"site_id": "s" * (MAX_SITE_ID + 1), "event_type": "e"}, ["site_id"]),
+        ({"site_id": "s", "event_type": "e" * (MAX_EVENT_TYPE + 1)}, ["event_type"]),
+        ({"site_id": "s", "event_type": "e", "path": "/" * (MAX_PATH + 1)}, ["path"]),
+        ({"site_id": "s", "event_type": "e", "path": 3}, ["path"]),
+        ({"site_id": "s", "event_type": "e", "user_id": "u" * (MAX_USER_ID + 1)}, ["user_id"]),
+        ({"site_id": "s", "event_type": "e", "user_id": 42}, ["user_id"]),
+        ({"site_id": "s\x00", "event_type": "e"}, ["site_id"]),
+        ({"site_id": "s", "event_type": "e", "timestamp": "2024-01-01T00:00:00"}, ["timestamp"]),
+        ({"site_id": "s", "event_type": "e", "timestamp": "2024-01-01"}, ["timestamp"]),
+        ({"site_id": "s", "event_type": "e", "timestamp": "yesterday"}, ["timestamp"]),
+        ({"site_id": "s", "event_type": "e", "timestamp": 1700000000}, ["timestamp"]),
+        ({"site_id": "s", "event_type": "e", "timestamp": "9999-12-31T23:59:59-23:00"}, ["timestamp"]),
+        ({"site_id": "s", "event_type": "e", "event_id": "not-a-uuid"}, ["event_id"]),
+        ({"site_id": "s", "event_type": "e", "event_id": 12}, ["event_id"]),
+        ({"event_type": 1, "user_id": 2, "path": 3}, ["site_id", "event_type", "path", "user_id"]),
+    ],
+)
+def test_each_bad_field_is_named(payload: dict[str, object], fields: list[str]) -> None:
+    assert fields_at_fault(payload) == fields
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[1]", b'"text"', b"null", b"\xff\xfe", b'{"a":"\\ud800"}'])
+def test_a_body_that_is_not_a_json_object_is_refused(body: bytes) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(body, RECEIVED)
+    assert [error.field for error in caught.value.errors] == ["body"]
+
+
+def test_uuid7_is_time_ordered_and_valid() -> None:
+    ids = [uuid7() for _ in range(1000)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert len(set(ids)) == len(ids)
+    prefixes = [i[:13] for i in ids]  # the 48-bit millisecond time leads
+    assert prefixes == sorted(prefixes)
