@@ -102,9 +102,7 @@ def main() -> int:
     try:
         applied = asyncio.run(prepare_database(settings.database_url))
     except (OSError, asyncpg.PostgresError) as exc:
-        logger.error(
-            "cannot migrate %s: %s", redact_url(settings.database_url), exc
-        )
+        logger.error("cannot migrate %s: %s", redact_url(settings.database_url), exc)
         return 1
     logger.info("database is up to date (%d migrations applied now)", len(applied))
     return 0

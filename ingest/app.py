@@ -13,6 +13,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from common.config import Settings
@@ -40,6 +42,11 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+async def health(request: Request) -> Response:
+    """Liveness: the process answers HTTP (dependencies are reported by their own 503s)."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -48,7 +55,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            logger.warning("Redis is not reachable yet (%r); POST /event answers 503 until it is", exc)
+            logger.warning(
+                "Redis is not reachable yet (%r); POST /event answers 503 until it is", exc
+            )
         writer = StreamWriter(client, settings.stream_key, settings.redis_timeout_ms / 1000)
         try:
             async with asyncpg.create_pool(
@@ -63,6 +72,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/event", EventEndpoint(settings.max_body_bytes), methods=["POST"]),
             Route("/stats", stats, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ EVENT_KEYS = ("event_id", "site_id", "event_type", "path", "user_id", "timestamp
 
 DEFAULT_PATH = "/"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -77,7 +77,12 @@ def to_epoch_micros(moment: datetime) -> int:
 
 
 def _text(
-    data: dict[str, Any], field: str, max_length: int, errors: list[FieldError], *, required: bool = False
+    data: dict[str, Any],
+    field: str,
+    max_length: int,
+    errors: list[FieldError],
+    *,
+    required: bool = False,
 ) -> str | None:
     value = data.get(field)
     if value is None or value == "":
@@ -112,7 +117,7 @@ def _timestamp(value: object, received_at: int, errors: list[FieldError]) -> int
         return received_at
     try:
         # Converting to UTC first keeps every accepted time representable downstream.
-        return to_epoch_micros(moment.astimezone(timezone.utc))
+        return to_epoch_micros(moment.astimezone(UTC))
     except OverflowError:
         errors.append(FieldError("timestamp", "out of range"))
         return received_at

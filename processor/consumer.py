@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as redis
@@ -56,7 +57,9 @@ class StreamProcessor:
                 if loop.time() >= next_claim:
                     await self.claim_abandoned()
                     next_claim = loop.time() + self._settings.claim_interval_ms / 1000
-                entries = await self._read("0" if reread_own else ">", block=not (drain or reread_own))
+                entries = await self._read(
+                    "0" if reread_own else ">", block=not (drain or reread_own)
+                )
                 if not entries:
                     if reread_own:
                         reread_own = False
@@ -69,7 +72,9 @@ class StreamProcessor:
             except _FAILURES as exc:
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
-                logger.error("processing failed (attempt %d), retrying in %.1fs: %r", failures, delay, exc)
+                logger.error(
+                    "processing failed (attempt %d), retrying in %.1fs: %r", failures, delay, exc
+                )
                 reread_own = True  # the failed batch is still pending to us
                 await _sleep_unless(stop, delay)
 
@@ -128,9 +133,8 @@ class StreamProcessor:
         )
         if not response:
             return []
-        if isinstance(response, dict):  # RESP3
-            return list(response[self._stream.encode()][0])
-        entries: list[Entry] = response[0][1]
+        # RESP2 shape (redis-py's default): [[stream, [(id, fields), ...]]]
+        entries: list[Entry] = cast(Any, response)[0][1]
         return entries
 
     async def _acknowledge(self, batch: DecodedBatch) -> None:
@@ -138,10 +142,12 @@ class StreamProcessor:
         async with self._redis.pipeline(transaction=True) as pipe:
             for entry_id, fields, reason in batch.rejected:
                 logger.warning("dead-lettering entry %s: %s", entry_id.decode(), reason)
-                pipe.xadd(
-                    self._settings.dead_letter_key,
-                    {**fields, b"dead_letter_source_id": entry_id, b"dead_letter_reason": reason},
-                )
+                dead_letter: dict[Any, Any] = {
+                    **fields,
+                    b"dead_letter_source_id": entry_id,
+                    b"dead_letter_reason": reason,
+                }
+                pipe.xadd(self._settings.dead_letter_key, dead_letter)
             pipe.xack(self._stream, self._group, *batch.entry_ids)
             await pipe.execute()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ Row = tuple[uuid.UUID, str, str, str, str | None, datetime, datetime]
 # A stream entry as redis-py returns it; an entry deleted while pending has no fields.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class UndecodableEntry(ValueError):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import asyncpg
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-
-import orjson
 
 from common.constants import MAX_SITE_ID
 from common.errors import error_body
@@ -28,7 +27,9 @@ class OrjsonResponse(JSONResponse):
 
 def _bad_request(field: str, message: str) -> OrjsonResponse:
     detail = [{"field": field, "message": message}]
-    return OrjsonResponse(error_body("invalid_query", f"{field}: {message}", detail), status_code=400)
+    return OrjsonResponse(
+        error_body("invalid_query", f"{field}: {message}", detail), status_code=400
+    )
 
 
 async def stats(request: Request) -> OrjsonResponse:
@@ -39,7 +40,7 @@ async def stats(request: Request) -> OrjsonResponse:
         return _bad_request("site_id", f"must be at most {MAX_SITE_ID} characters, without NUL")
     raw_date = request.query_params.get("date")
     if raw_date is None:
-        day = datetime.now(timezone.utc).date()
+        day = datetime.now(UTC).date()
     else:
         try:
             if not _DATE.match(raw_date):

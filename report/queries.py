@@ -33,7 +33,9 @@ class DailyStats:
     top_paths: list[tuple[str, int]]
 
 
-async def daily_stats(conn: asyncpg.Connection | asyncpg.Pool, site_id: str, day: date) -> DailyStats:
+async def daily_stats(
+    conn: asyncpg.Connection | asyncpg.Pool, site_id: str, day: date
+) -> DailyStats:
     rows = await conn.fetch(_DAILY_STATS, site_id, day, TOP_PATHS)
     first = rows[0]
     return DailyStats(

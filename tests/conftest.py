@@ -156,7 +156,10 @@ def start_server() -> Iterator[Callable[[Settings], str]]:
 
 @pytest.fixture
 async def http(
-    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis, start_server: Callable[[Settings], str]
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    start_server: Callable[[Settings], str],
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on a server of this test's settings (tables empty, stream our own)."""
     base_url = start_server(settings)

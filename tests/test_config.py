@@ -19,7 +19,9 @@ def test_variables_are_read_and_typed() -> None:
     assert (settings.port, settings.stream_key, settings.batch_size) == (8080, "s", 200)
 
 
-@pytest.mark.parametrize("env", [{"PORT": "eighty"}, {"BATCH_SIZE": "0"}, {"BLOCK_MS": "-1"}, {"STREAM_KEY": ""}])
+@pytest.mark.parametrize(
+    "env", [{"PORT": "eighty"}, {"BATCH_SIZE": "0"}, {"BLOCK_MS": "-1"}, {"STREAM_KEY": ""}]
+)
 def test_bad_values_are_refused_by_name(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):
         Settings.from_env(env)
@@ -27,7 +29,10 @@ def test_bad_values_are_refused_by_name(env: dict[str, str]) -> None:
 
 def test_passwords_never_appear_in_the_repr() -> None:
     settings = Settings.from_env(
-        {"DATABASE_URL": "postgresql://app:s3cret@db:5432/analytics", "REDIS_URL": "redis://:hunter2@r:6379/0"}
+        {
+            "DATABASE_URL": "postgresql://app:s3cret@db:5432/analytics",
+            "REDIS_URL": "redis://:hunter2@r:6379/0",
+        }
     )
     text = repr(settings)
     assert "s3cret" not in text and "hunter2" not in text

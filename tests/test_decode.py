@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -37,8 +37,8 @@ def test_an_ingested_event_becomes_its_row() -> None:
             "page_view",
             "/p",
             "u",
-            datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=timezone.utc),
-            datetime.fromtimestamp(RECEIVED / 1_000_000, tz=timezone.utc),
+            datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC),
+            datetime.fromtimestamp(RECEIVED / 1_000_000, tz=UTC),
         )
     ]
 
@@ -67,7 +67,9 @@ def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
     ],
 )
 def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, bytes]) -> None:
-    batch = decode_entries([entry(b"1-0", valid_event()), (b"2-0", fields), entry(b"3-0", valid_event())])
+    batch = decode_entries(
+        [entry(b"1-0", valid_event()), (b"2-0", fields), entry(b"3-0", valid_event())]
+    )
     assert batch.entry_ids == [b"1-0", b"2-0", b"3-0"]
     assert len(batch.rows) == 2
     assert [(entry_id, reason != "") for entry_id, _, reason in batch.rejected] == [(b"2-0", True)]

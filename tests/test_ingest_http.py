@@ -46,7 +46,9 @@ async def test_the_clients_event_id_is_kept(
     http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
 ) -> None:
     event_id = str(uuid.uuid4())
-    response = await http.post("/event", json={"site_id": "s", "event_type": "e", "event_id": event_id})
+    response = await http.post(
+        "/event", json={"site_id": "s", "event_type": "e", "event_id": event_id}
+    )
     assert response.json() == {"status": "accepted", "event_id": event_id}
     [stored] = await stream_events(redis_client, settings)
     assert stored["event_id"] == event_id
@@ -58,7 +60,10 @@ async def test_concurrent_requests_each_get_their_own_event(
     import asyncio
 
     responses = await asyncio.gather(
-        *(http.post("/event", json={"site_id": "s", "event_type": "e", "path": f"/{i}"}) for i in range(200))
+        *(
+            http.post("/event", json={"site_id": "s", "event_type": "e", "path": f"/{i}"})
+            for i in range(200)
+        )
     )
     assert {r.status_code for r in responses} == {202}
     ids = {r.json()["event_id"] for r in responses}
@@ -83,7 +88,11 @@ async def test_concurrent_requests_each_get_their_own_event(
     ],
 )
 async def test_bad_input_gets_400_naming_the_field_and_nothing_is_enqueued(
-    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings, body: bytes, field: str | None
+    http: httpx.AsyncClient,
+    redis_client: redis.Redis,
+    settings: Settings,
+    body: bytes,
+    field: str | None,
 ) -> None:
     response = await http.post("/event", content=body, headers={"content-type": "application/json"})
     if field is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import asyncpg
 import httpx
@@ -23,7 +23,7 @@ async def test_a_day_without_data_is_zeros(http: httpx.AsyncClient) -> None:
 
 async def test_date_defaults_to_today_utc(http: httpx.AsyncClient) -> None:
     response = await http.get("/stats", params={"site_id": "s"})
-    assert response.json()["date"] == datetime.now(timezone.utc).date().isoformat()
+    assert response.json()["date"] == datetime.now(UTC).date().isoformat()
 
 
 async def test_top_paths_are_the_ten_most_viewed_ties_by_path(
@@ -68,3 +68,8 @@ async def test_bad_parameters_get_400_naming_the_field(
     body = response.json()
     assert body["error"] == "invalid_query"
     assert [d["field"] for d in body["detail"]] == [field]
+
+
+async def test_health_answers_while_the_process_runs(http: httpx.AsyncClient) -> None:
+    response = await http.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})

@@ -84,7 +84,10 @@ def test_empty_user_id_means_no_user() -> None:
         ({"site_id": "s", "event_type": "e", "timestamp": "2024-01-01"}, ["timestamp"]),
         ({"site_id": "s", "event_type": "e", "timestamp": "yesterday"}, ["timestamp"]),
         ({"site_id": "s", "event_type": "e", "timestamp": 1700000000}, ["timestamp"]),
-        ({"site_id": "s", "event_type": "e", "timestamp": "9999-12-31T23:59:59-23:00"}, ["timestamp"]),
+        (
+            {"site_id": "s", "event_type": "e", "timestamp": "9999-12-31T23:59:59-23:00"},
+            ["timestamp"],
+        ),
         ({"site_id": "s", "event_type": "e", "event_id": "not-a-uuid"}, ["event_id"]),
         ({"site_id": "s", "event_type": "e", "event_id": 12}, ["event_id"]),
         ({"event_type": 1, "user_id": 2, "path": 3}, ["site_id", "event_type", "path", "user_id"]),
@@ -94,7 +97,9 @@ def test_each_bad_field_is_named(payload: dict[str, object], fields: list[str]) 
     assert fields_at_fault(payload) == fields
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b"[1]", b'"text"', b"null", b"\xff\xfe", b'{"a":"\\ud800"}'])
+@pytest.mark.parametrize(
+    "body", [b"", b"{", b"[1]", b'"text"', b"null", b"\xff\xfe", b'{"a":"\\ud800"}']
+)
 def test_a_body_that_is_not_a_json_object_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidEvent) as caught:
         parse_event(body, RECEIVED)
