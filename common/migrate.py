@@ -17,7 +17,7 @@ from common import constants
 from common.config import ConfigError, Settings, redact_url
 from common.logs import configure
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("common.migrate")  # also when run as __main__
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_NAME = re.compile(r"^\d{3,}_[a-z0-9_]+\.sql$")
