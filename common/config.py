@@ -32,6 +32,7 @@ class Settings:
     claim_interval_ms: int = 5_000
     redis_timeout_ms: int = 500
     max_body_bytes: int = 1_048_576
+    max_batch_events: int = 500
     log_level: str = "INFO"
 
     @property

@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from common.config import Settings
 from common.migrate import prepare_database
-from ingest.endpoints import EventEndpoint
+from ingest.endpoints import BatchEndpoint, EventEndpoint
+from ingest.redis_pipe import RedisPipe
 from ingest.stream_writer import StreamWriter
 from report.endpoints import stats
 
@@ -58,7 +59,9 @@ def create_app(settings: Settings) -> Starlette:
             logger.warning(
                 "Redis is not reachable yet (%r); POST /event answers 503 until it is", exc
             )
-        writer = StreamWriter(client, settings.stream_key, settings.redis_timeout_ms / 1000)
+        writer = StreamWriter(
+            RedisPipe(settings.redis_url), settings.stream_key, settings.redis_timeout_ms / 1000
+        )
         try:
             async with asyncpg.create_pool(
                 settings.database_url, min_size=1, max_size=4, timeout=5, command_timeout=5
@@ -71,6 +74,11 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/event", EventEndpoint(settings.max_body_bytes), methods=["POST"]),
+            Route(
+                "/events",
+                BatchEndpoint(settings.max_body_bytes, settings.max_batch_events),
+                methods=["POST"],
+            ),
             Route("/stats", stats, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],

@@ -1,9 +1,9 @@
-"""Appends events to the Redis stream, coalescing concurrent requests into pipelines.
+"""Appends events to the Redis stream, coalescing concurrent requests into one write.
 
-Each request hands its encoded event to `append` and awaits its own result. One flush is
-in flight at a time; events that arrive meanwhile accumulate and go out together in the
-next pipeline, so a busy server makes one Redis round trip per few dozen requests, and an
-idle one sends each event at once without waiting on a timer.
+Each request hands its encoded events to `append` and awaits its own result. One flush
+is in flight at a time; events that arrive meanwhile accumulate and go out together in
+the next write, so a busy server makes one Redis round trip per few dozen requests, and
+an idle one sends each event at once without waiting on a timer.
 """
 
 from __future__ import annotations
@@ -11,38 +11,41 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+import hiredis
 
 from common.constants import EVENT_FIELD
+from ingest.redis_pipe import RedisPipe, pack
 
 logger = logging.getLogger(__name__)
 
+_Waiter = tuple[list[bytes], asyncio.Future[None]]
+
 
 class StreamUnavailable(Exception):
-    """Redis did not confirm the event within the time limit: it may not be stored."""
+    """Redis did not confirm the events within the time limit: they may not be stored."""
 
 
 class StreamWriter:
-    def __init__(self, client: redis.Redis, stream_key: str, timeout_s: float):
-        self._client = client
+    def __init__(self, pipe: RedisPipe, stream_key: str, timeout_s: float):
+        self._pipe = pipe
         self._stream_key = stream_key
         self._timeout_s = timeout_s
-        self._pending: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._pending: list[_Waiter] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def append(self, payload: bytes) -> bytes:
-        """Append one encoded event; returns its stream entry id once Redis has it."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending.append((payload, future))
+    async def append(self, payloads: list[bytes]) -> None:
+        """Append encoded events; returns once Redis has all of them, else StreamUnavailable."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((payloads, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_while_pending())
-        return await future
+        await future
 
     async def aclose(self) -> None:
-        """Wait for events already handed over to be written (or failed)."""
+        """Wait for events already handed over to be written (or failed), then disconnect."""
         if self._flusher is not None:
             await self._flusher
+        self._pipe.close()
 
     async def _flush_while_pending(self) -> None:
         try:
@@ -52,20 +55,30 @@ class StreamWriter:
         finally:
             self._flusher = None
 
-    async def _flush(self, batch: list[tuple[bytes, asyncio.Future[bytes]]]) -> None:
+    async def _flush(self, batch: list[_Waiter]) -> None:
+        commands = [
+            pack("XADD", self._stream_key, "*", EVENT_FIELD, payload)
+            for payloads, _ in batch
+            for payload in payloads
+        ]
         try:
             async with asyncio.timeout(self._timeout_s):
-                pipe = self._client.pipeline(transaction=False)
-                for payload, _ in batch:
-                    pipe.xadd(self._stream_key, {EVENT_FIELD: payload})
-                results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning("stream write of %d events failed: %r", len(batch), exc)
-            results = [exc] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
+                replies = await self._pipe.execute(commands)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("stream write of %d events failed: %r", len(commands), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StreamUnavailable(repr(exc)))
+            return
+        position = 0
+        for payloads, future in batch:
+            mine = replies[position : position + len(payloads)]
+            position += len(payloads)
             if future.done():  # the request was cancelled: its client went away
                 continue
-            if isinstance(result, BaseException):
-                future.set_exception(StreamUnavailable(str(result)))
+            errors = [r for r in mine if isinstance(r, hiredis.ReplyError)]
+            if errors:
+                logger.warning("Redis refused %d events: %s", len(errors), errors[0])
+                future.set_exception(StreamUnavailable(str(errors[0])))
             else:
-                future.set_result(result)
+                future.set_result(None)

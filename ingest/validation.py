@@ -40,6 +40,10 @@ class InvalidEvent(ValueError):
         return [{"field": e.field, "message": e.message} for e in self.errors]
 
 
+class InvalidBatch(ValueError):
+    """The batch as a whole cannot be read: not JSON, empty, or too many events."""
+
+
 def parse_event(body: bytes, received_at: int) -> dict[str, Any]:
     """Parse and validate one JSON event; raises InvalidEvent naming every field at fault."""
     try:
@@ -47,6 +51,41 @@ def parse_event(body: bytes, received_at: int) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         raise InvalidEvent([FieldError("body", "not valid JSON")]) from None
     return validate_event(data, received_at)
+
+
+def parse_batch(
+    body: bytes, received_at: int, max_events: int
+) -> list[dict[str, Any] | InvalidEvent]:
+    """Parse a JSON array or NDJSON body; each item becomes its valid event or why it is invalid."""
+    items = _batch_items(body)
+    if not items:
+        raise InvalidBatch("the batch holds no events")
+    if len(items) > max_events:
+        raise InvalidBatch(f"more than {max_events} events in one batch")
+    results: list[dict[str, Any] | InvalidEvent] = []
+    for item in items:
+        try:
+            if isinstance(item, bytes):  # an NDJSON line, parsed on its own
+                results.append(parse_event(item, received_at))
+            else:
+                results.append(validate_event(item, received_at))
+        except InvalidEvent as exc:
+            results.append(exc)
+    return results
+
+
+def _batch_items(body: bytes) -> list[Any]:
+    """The items of a JSON array, or the non-blank lines of an NDJSON body."""
+    stripped = body.lstrip()
+    if stripped.startswith(b"{"):
+        return [line for line in stripped.split(b"\n") if line.strip()]
+    try:
+        data = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        raise InvalidBatch("not valid JSON") from None
+    if not isinstance(data, list):
+        raise InvalidBatch("must be a JSON array of events, or NDJSON")
+    return data
 
 
 def validate_event(data: object, received_at: int) -> dict[str, Any]:

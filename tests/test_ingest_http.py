@@ -134,3 +134,104 @@ async def test_unreachable_redis_gives_503_quickly_and_never_202(
             assert response.headers["retry-after"] == "1"
             assert response.json()["error"] == "unavailable"
             assert elapsed < 2 * settings.redis_timeout_ms / 1000 + 0.5
+
+
+async def test_a_sendbeacon_body_declared_as_text_plain_is_accepted(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    # navigator.sendBeacon(url, JSON.stringify(event)) sends exactly this.
+    response = await http.post(
+        "/event",
+        content=b'{"site_id":"s","event_type":"page_view","path":"/b"}',
+        headers={"content-type": "text/plain;charset=UTF-8"},
+    )
+    assert response.status_code == 202
+    [stored] = await stream_events(redis_client, settings)
+    assert stored["path"] == "/b"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"],
+)
+async def test_a_type_that_cannot_hold_json_gets_415(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings, content_type: str
+) -> None:
+    for route in ("/event", "/events"):
+        response = await http.post(
+            route,
+            content=b'{"site_id":"s","event_type":"e"}',
+            headers={"content-type": content_type},
+        )
+        assert response.status_code == 415
+        assert response.json()["error"] == "unsupported_media_type"
+    assert await redis_client.xlen(settings.stream_key) == 0
+
+
+async def test_a_batch_accepts_the_valid_and_reports_the_invalid_by_index(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    batch = [
+        {"site_id": "s", "event_type": "page_view", "path": "/1"},
+        {"site_id": "s"},
+        {"site_id": "s", "event_type": "page_view", "path": "/3"},
+        "not an object",
+    ]
+    response = await http.post("/events", json=batch)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [r["index"] for r in body["rejected"]] == [1, 3]
+    assert body["rejected"][0]["detail"] == [{"field": "event_type", "message": "required"}]
+    stored = await stream_events(redis_client, settings)
+    assert [e["event_id"] for e in stored] == body["event_ids"]
+    assert [e["path"] for e in stored] == ["/1", "/3"]
+
+
+async def test_a_batch_may_be_ndjson(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    lines = b'{"site_id":"s","event_type":"a"}\n\n{"site_id":"s","event_type":"b"}\n{oops\n'
+    response = await http.post(
+        "/events", content=lines, headers={"content-type": "application/x-ndjson"}
+    )
+    body = response.json()
+    assert (response.status_code, body["accepted"], [r["index"] for r in body["rejected"]]) == (
+        202,
+        2,
+        [2],
+    )
+    assert [e["event_type"] for e in await stream_events(redis_client, settings)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"[]", "invalid_batch"),
+        (b'[{}, {"site_id": 1}]', "invalid_batch"),
+        (b"not json", "invalid_batch"),
+        (b'{"site_id": "s"}', "invalid_batch"),
+        (b'"string"', "invalid_batch"),
+    ],
+)
+async def test_a_batch_with_nothing_valid_is_400(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings, body: bytes, code: str
+) -> None:
+    response = await http.post(
+        "/events", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == code
+    assert await redis_client.xlen(settings.stream_key) == 0
+
+
+async def test_a_batch_over_the_event_limit_is_refused_whole(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    batch = [{"site_id": "s", "event_type": "e"}] * (settings.max_batch_events + 1)
+    response = await http.post("/events", json=batch)
+    assert response.status_code == 400
+    assert "more than 500" in response.json()["message"]
+    assert await redis_client.xlen(settings.stream_key) == 0
+    accepted = await http.post("/events", json=batch[:-1])
+    assert accepted.json()["accepted"] == settings.max_batch_events
