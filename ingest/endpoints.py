@@ -69,14 +69,11 @@ class BatchEndpoint(_IngestEndpoint):
             detail = [{"field": "body", "message": str(exc)}]
             return 400, error_body("invalid_batch", str(exc), detail), []
         events = [r for r in results if not isinstance(r, InvalidEvent)]
-        rejected = [
-            {"index": index, "detail": r.detail()}
-            for index, r in enumerate(results)
-            if isinstance(r, InvalidEvent)
-        ]
+        invalid = [(index, r) for index, r in enumerate(results) if isinstance(r, InvalidEvent)]
         if not events:
-            detail = [{"index": r["index"], **d} for r in rejected for d in r["detail"]]
+            detail = [{"index": index, **d} for index, r in invalid for d in r.detail()]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
+        rejected = [{"index": index, "detail": r.detail()} for index, r in invalid]
         answer = {
             "accepted": len(events),
             "event_ids": [event["event_id"] for event in events],

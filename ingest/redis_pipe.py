@@ -21,7 +21,7 @@ class RedisPipeError(ConnectionError):
 
 
 def pack(*args: bytes | str | int) -> bytes:
-    return bytes(hiredis.pack_command(args))
+    return bytes(hiredis.pack_command(args))  # type: ignore[arg-type]  # its stub wants 1-tuples
 
 
 class RedisPipe:
