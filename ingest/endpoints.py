@@ -71,7 +71,9 @@ class BatchEndpoint(_IngestEndpoint):
         events = [r for r in results if not isinstance(r, InvalidEvent)]
         invalid = [(index, r) for index, r in enumerate(results) if isinstance(r, InvalidEvent)]
         if not events:
-            detail = [{"index": index, **d} for index, r in invalid for d in r.detail()]
+            detail: list[dict[str, object]] = [
+                {"index": index, **d} for index, r in invalid for d in r.detail()
+            ]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
         rejected = [{"index": index, "detail": r.detail()} for index, r in invalid]
         answer = {
