@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Locust lives in its own virtualenv, never in the service's.
+LOADTEST_VENV := .venv-loadtest
+LOADTEST_STAMP := $(LOADTEST_VENV)/.installed
+LOADTEST_HOST ?= http://127.0.0.1:3000
+LOADTEST_USERS ?= 50
+LOADTEST_SPAWN_RATE ?= 50
+LOADTEST_TIME ?= 30s
+LOADTEST_PROCESSES ?= 1
 
-.PHONY: run test lint migrate services services-stop preflight clean
+.PHONY: run test lint migrate services services-stop preflight loadtest clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -12,6 +20,12 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+$(LOADTEST_STAMP): loadtest/requirements.txt
+	test -x $(LOADTEST_VENV)/bin/python || $(PYTHON) -m venv $(LOADTEST_VENV)
+	$(LOADTEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOADTEST_VENV)/bin/pip install --quiet -r loadtest/requirements.txt
 	touch $@
 
 ## run: the HTTP server (PORT, default 3000) and the processor, in the foreground
@@ -43,5 +57,15 @@ services:
 services-stop:
 	scripts/services.sh stop
 
+## loadtest: Locust, headless, against a running server (LOADTEST_HOST); fails if any request failed
+# LOADTEST_PROCESSES: Locust processes (one core each). 1 by default: on this 2-core machine
+# the server, the processor, Redis and PostgreSQL need the other core, and a second
+# generator process only takes CPU from the server it is measuring.
+loadtest: $(LOADTEST_STAMP)
+	$(LOADTEST_VENV)/bin/locust -f loadtest/locustfile.py --headless --only-summary \
+		--host $(LOADTEST_HOST) --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE) \
+		--run-time $(LOADTEST_TIME) --processes $(LOADTEST_PROCESSES) --exit-code-on-error 1 \
+		--csv loadtest/reports/loadtest --html loadtest/reports/loadtest.html
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOADTEST_VENV) .pytest_cache .mypy_cache .ruff_cache

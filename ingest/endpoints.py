@@ -66,14 +66,12 @@ class BatchEndpoint(_IngestEndpoint):
         try:
             results = parse_batch(body, received_at, self._max_events)
         except InvalidBatch as exc:
-            detail = [{"field": "body", "message": str(exc)}]
-            return 400, error_body("invalid_batch", str(exc), detail), []
+            body_error = [{"field": "body", "message": str(exc)}]
+            return 400, error_body("invalid_batch", str(exc), body_error), []
         events = [r for r in results if not isinstance(r, InvalidEvent)]
         invalid = [(index, r) for index, r in enumerate(results) if isinstance(r, InvalidEvent)]
         if not events:
-            detail: list[dict[str, object]] = [
-                {"index": index, **d} for index, r in invalid for d in r.detail()
-            ]
+            detail = [{"index": index, **d} for index, r in invalid for d in r.detail()]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
         rejected = [{"index": index, "detail": r.detail()} for index, r in invalid]
         answer = {
