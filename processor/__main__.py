@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 import asyncpg
 import redis.asyncio as redis
@@ -34,10 +35,20 @@ async def run(settings: Settings, *, drain: bool) -> None:
         async with asyncpg.create_pool(
             settings.database_url, min_size=1, max_size=1, init=prepare_connection
         ) as pool:
-            await StreamProcessor(settings, client, pool).run(stop, drain=drain)
+            processor = StreamProcessor(settings, client, pool)
+            await processor.run(stop, drain=drain)
     finally:
         await client.aclose()
-    logger.info("stopped")
+    if processor.first_batch_at is not None:
+        elapsed = time.perf_counter() - processor.first_batch_at
+        logger.info(
+            "stopped: processed %d entries in %.3f s from the first batch (%.0f entries/s)",
+            processor.entries_processed,
+            elapsed,
+            processor.entries_processed / elapsed,
+        )
+    else:
+        logger.info("stopped: nothing to process")
 
 
 def main() -> int:

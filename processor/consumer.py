@@ -34,6 +34,8 @@ class StreamProcessor:
         self._stream = settings.stream_key
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
+        self.entries_processed = 0
+        self.first_batch_at: float | None = None  # perf_counter() when the first batch began
 
     async def ensure_group(self) -> None:
         """Create the consumer group from the stream's start, so nothing enqueued earlier is skipped."""
@@ -100,6 +102,8 @@ class StreamProcessor:
 
     async def process(self, entries: list[Entry]) -> DecodedBatch:
         started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
         batch = decode_entries(entries)
         decoded_at = time.perf_counter()
         inserted = 0
@@ -110,6 +114,7 @@ class StreamProcessor:
         stored_at = time.perf_counter()
         await self._acknowledge(batch)
         acknowledged_at = time.perf_counter()
+        self.entries_processed += len(entries)
         logger.info(
             "batch: %d entries, %d new rows, %d duplicates, %d rejected, %.1f ms",
             len(entries),

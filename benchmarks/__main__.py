@@ -1,0 +1,115 @@
+"""`make bench` (python -m benchmarks): every measurement, one table, JSON and a chart.
+
+Starts what it needs with settings of its own (a database and a stream key made for the
+run), pins the service to one core and wrk to the other where the machine allows it,
+and removes what it made. BENCH_ROUNDS (3), BENCH_SECONDS (8) and BENCH_EVENTS (200000)
+bound the run; BENCH_STEPS (e.g. "ingest_single,processing") picks steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis
+
+from benchmarks import report, steps, wrk
+from benchmarks.context import BenchContext
+from benchmarks.processes import ROOT, cpus
+from common.config import Settings
+from common.migrate import prepare_database
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+ALL_STEPS = ("ingest_single", "ingest_batch", "processing", "freshness", "reporting")
+
+
+def _machine(rounds: int, seconds: int) -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "rounds": rounds,
+        "seconds_per_run": seconds,
+    }
+
+
+def main() -> int:
+    wrk.ensure_installed()
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    seconds = int(os.environ.get("BENCH_SECONDS", "8"))
+    events = int(os.environ.get("BENCH_EVENTS", "200000"))
+    chosen = os.environ.get("BENCH_STEPS", ",".join(ALL_STEPS)).split(",")
+    base = Settings.from_env()
+    database = f"analytics_bench_{uuid.uuid4().hex[:8]}"
+    server_url = base.database_url.rsplit("/", 1)[0]
+    settings = dataclasses.replace(
+        base,
+        database_url=f"{server_url}/{database}",
+        stream_key=f"bench:{uuid.uuid4().hex[:8]}:events_stream",
+        host="127.0.0.1",
+        consumer_name="bench",
+    )
+    service_cpu, load_cpu = cpus()
+    asyncio.run(prepare_database(settings.database_url))
+    client = redis.Redis.from_url(settings.redis_url)
+    started = time.monotonic()
+    results: dict[str, Any] = {"machine": _machine(rounds, seconds)}
+    results["machine"]["pinned"] = service_cpu is not None
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as log_dir:
+        ctx = BenchContext(settings, service_cpu, load_cpu, rounds, seconds, Path(log_dir), client)
+        try:
+            for step in chosen:
+                print(f"== {step} ...", file=sys.stderr, flush=True)
+                if step == "ingest_single":
+                    results[step] = steps.ingest(ctx, events_per_request=1)
+                elif step == "ingest_batch":
+                    results[step] = steps.ingest(ctx, events_per_request=100)
+                elif step == "processing":
+                    results[step] = steps.processing(ctx, events)
+                elif step == "freshness":
+                    results[step] = steps.freshness(ctx, rate=2_000)
+                elif step == "reporting":
+                    results[step] = steps.reporting(ctx)
+                else:
+                    raise SystemExit(f"unknown step {step!r}; steps: {', '.join(ALL_STEPS)}")
+        finally:
+            client.delete(settings.stream_key, settings.dead_letter_key)
+            client.close()
+            asyncio.run(_drop(server_url, database))
+    results["machine"]["minutes"] = round((time.monotonic() - started) / 60, 1)
+    json_path, png_path = report.write(results, RESULTS_DIR)
+    print(report.text(results))
+    print(
+        f"\n{results['machine']['cpu']}, {results['machine']['cores']} cores; "
+        f"run took {results['machine']['minutes']} min; wrote {json_path} and {png_path}"
+    )
+    return 0
+
+
+async def _drop(server_url: str, database: str) -> None:
+    conn = await asyncpg.connect(f"{server_url}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

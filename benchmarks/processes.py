@@ -1,0 +1,93 @@
+"""Starting the measured processes, pinned to a core, and reading their peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpus() -> tuple[int | None, int | None]:
+    """(service core, load generator core), or (None, None) where pinning is not possible."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return available[0], available[1]
+
+
+def pinned(command: list[str], cpu: int | None) -> list[str]:
+    return command if cpu is None else ["taskset", "-c", str(cpu), *command]
+
+
+class Measured:
+    """A child process whose peak resident memory is known once it has stopped."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path):
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.peak_rss_mb: float | None = None
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit, recording peak RSS (ru_maxrss of this child alone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            if pid:
+                self.peak_rss_mb = usage.ru_maxrss / 1024
+                self.returncode = os.waitstatus_to_exitcode(status)
+                self.process.returncode = self.returncode
+                self._log.close()
+                return self.returncode
+            if time.monotonic() > deadline:
+                self.process.kill()
+                deadline = time.monotonic() + 10
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.wait(timeout=15)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def http_server(
+    module: str, env: dict[str, str], port: int, cpu: int | None, log_path: Path
+) -> Iterator[Measured]:
+    """`python -m module` listening on `port`, pinned to `cpu`; stopped on exit."""
+    server = Measured(pinned([sys.executable, "-m", module], cpu), env, log_path)
+    try:
+        wait_for_port(port, server.process)
+        yield server
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

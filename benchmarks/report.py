@@ -1,0 +1,137 @@
+"""The results of a run as a table, a JSON file and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measurement, our figure, the reference measured in the same run, ratio)."""
+    table: list[tuple[str, str, str, str]] = []
+    single = results.get("ingest_single")
+    if single:
+        table.append(
+            (
+                "1. POST /event, single events (64 conns)",
+                f"{single['requests_per_s']['median']:,.0f} req/s, p50 {single['p50_ms']['median']:.2f} ms, "
+                f"p99 {single['p99_ms']['median']:.2f} ms",
+                f"bare ASGI app {single['reference_requests_per_s']['median']:,.0f} req/s",
+                f"{single['ratio']:.2f}",
+            )
+        )
+        paced = single["at_80_percent"]
+        table.append(
+            (
+                "   same, held at 80% of that rate",
+                f"{paced['requests_per_s']['median']:,.0f} req/s, p50 {paced['p50_ms']['median']:.2f} ms, "
+                f"p99 {paced['p99_ms']['median']:.2f} ms",
+                "",
+                "",
+            )
+        )
+    batch = results.get("ingest_batch")
+    if batch:
+        table.append(
+            (
+                f"2. POST /events, batches of {batch['events_per_request']}",
+                f"{batch['events_per_s']['median']:,.0f} events/s "
+                f"(p99 {batch['p99_ms']['median']:.1f} ms)",
+                f"bare ASGI app {batch['reference_requests_per_s']['median'] * batch['events_per_request']:,.0f} events/s",
+                f"{batch['ratio']:.2f}",
+            )
+        )
+    processing = results.get("processing")
+    if processing:
+        table.append(
+            (
+                f"3. processor draining {processing['events']:,} events",
+                f"{processing['events_per_s']['median']:,.0f} events/s",
+                f"raw COPY, unindexed table {processing['reference_rows_per_s']['median']:,.0f} rows/s",
+                f"{processing['ratio']:.2f}",
+            )
+        )
+    fresh = results.get("freshness")
+    if fresh:
+        table.append(
+            (
+                f"4. freshness at {fresh['events_per_s']:,.0f} events/s",
+                f"202 to counted in /stats: p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms",
+                f"{fresh['samples']} probes",
+                "",
+            )
+        )
+    report = results.get("reporting")
+    if report:
+        table.append(
+            (
+                "5. GET /stats, 1M views / 10k paths / 100k users",
+                f"{report['requests_per_s']['median']:,.0f} req/s, p50 {report['p50_ms']['median']:.2f} ms, "
+                f"p99 {report['p99_ms']['median']:.2f} ms",
+                f"GET /health {report['reference_requests_per_s']['median']:,.0f} req/s",
+                f"{report['ratio']:.2f}",
+            )
+        )
+    memory = []
+    if single:
+        memory.append(
+            f"ingest {max(single['peak_rss_mb'], batch['peak_rss_mb'] if batch else 0):.0f} MB"
+        )
+    if processing:
+        memory.append(f"processor {processing['peak_rss_mb']:.0f} MB")
+    if memory:
+        table.append(("peak RSS under load", ", ".join(memory), "limits: 150 MB / 300 MB", ""))
+    return table
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["| measurement | figure (median) | reference, same run | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)]
+    return "\n".join(lines)
+
+
+def text(results: dict[str, Any]) -> str:
+    table = rows(results)
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table
+    )
+
+
+def write(results: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / "latest.json"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    png_path = directory / "latest.png"
+    _chart(results, png_path)
+    return json_path, png_path
+
+
+def _chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for key, label in [
+        ("ingest_single", "POST /event\nvs bare app"),
+        ("ingest_batch", "POST /events\nvs bare app"),
+        ("processing", "processor\nvs raw COPY"),
+        ("reporting", "GET /stats\nvs /health"),
+    ]:
+        if key in results:
+            bars.append((label, results[key]["ratio"]))
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar([b[0] for b in bars], [b[1] for b in bars], color="#4c72b0")
+    for index, (_, ratio) in enumerate(bars):
+        axis.text(index, ratio, f"{ratio:.2f}", ha="center", va="bottom")
+    axis.set_ylabel("throughput / reference (same run)")
+    axis.set_ylim(0, max([1.0] + [b[1] for b in bars]) * 1.15)
+    axis.set_title(
+        f"make bench, {results['machine']['date']} (medians of {results['machine']['rounds']} rounds)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,313 @@
+"""The five measurements of `make bench`, each with its reference from the same run."""
+
+from __future__ import annotations
+
+import http.client
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from benchmarks import data, wrk
+from benchmarks.context import BenchContext, median, summary
+from benchmarks.processes import Measured, free_port, http_server, pinned
+from common.constants import EVENT_FIELD
+from processor.decode import COLUMNS, decode_entries
+
+CONNECTIONS = 64
+
+
+def _serve(ctx: BenchContext, module: str, name: str, **env: object) -> Any:
+    port = free_port()
+    server_env = ctx.env(port=port, **env)
+    return port, http_server(module, server_env, port, ctx.service_cpu, ctx.log_dir / f"{name}.log")
+
+
+def _load(
+    ctx: BenchContext,
+    port: int,
+    path: str,
+    script: str,
+    *,
+    connections: int = CONNECTIONS,
+    events_per_request: int | None = None,
+) -> wrk.WrkResult:
+    """Load one server with wrk: a 1 s warm-up, then the measured run.
+
+    With `events_per_request`, check afterwards that the stream holds exactly the events
+    of every 202 answered (warm-up included): nothing lost, nothing extra.
+    """
+    url = f"http://127.0.0.1:{port}{path}"
+    runs = [
+        wrk.run(url, script, connections=connections, seconds=1, cpu=ctx.load_cpu),
+        wrk.run(url, script, connections=connections, seconds=ctx.seconds, cpu=ctx.load_cpu),
+    ]
+    if events_per_request is not None:
+        accepted = sum(r.requests - r.non_2xx for r in runs) * events_per_request
+        length = int(ctx.redis.xlen(ctx.settings.stream_key))
+        clean = all(r.socket_errors == 0 for r in runs)
+        # Requests cut off by wrk's time limit may have been appended without their 202.
+        in_flight = len(runs) * connections * events_per_request
+        if length < accepted or (clean and length > accepted + in_flight):
+            raise AssertionError(f"the stream holds {length} events, {accepted} were accepted")
+    return runs[1]
+
+
+def ingest(ctx: BenchContext, *, events_per_request: int) -> dict[str, Any]:
+    """POST /event (1) or POST /events (100) against the bare app with the same body."""
+    rng = random.Random(7)
+    if events_per_request == 1:
+        path, body = "/event", orjson.dumps(data.request_body(rng))
+    else:
+        path = "/events"
+        body = orjson.dumps([data.request_body(rng) for _ in range(events_per_request)])
+    script = wrk.lua_script(method="POST", body=body)
+    ours: list[wrk.WrkResult] = []
+    bare: list[wrk.WrkResult] = []
+    rss: list[float] = []
+    for _ in range(ctx.rounds):
+        port, server = _serve(ctx, "benchmarks.bare_app", "bare_app")
+        with server:
+            bare.append(_load(ctx, port, path, script))
+        ctx.reset()
+        port, server = _serve(ctx, "ingest", "ingest")
+        with server as measured:
+            ours.append(_load(ctx, port, path, script, events_per_request=events_per_request))
+        assert measured.peak_rss_mb is not None
+        rss.append(measured.peak_rss_mb)
+        ctx.reset()
+    figures: dict[str, Any] = {
+        "body_bytes": len(body),
+        "events_per_request": events_per_request,
+        "requests_per_s": summary([r.rate for r in ours]),
+        "events_per_s": summary([r.rate * events_per_request for r in ours]),
+        "p50_ms": summary([r.p50_ms for r in ours]),
+        "p99_ms": summary([r.p99_ms for r in ours]),
+        "non_2xx": sum(r.non_2xx for r in ours),
+        "reference_requests_per_s": summary([r.rate for r in bare]),
+        "reference_p99_ms": summary([r.p99_ms for r in bare]),
+        "ratio": median([o.rate / b.rate for o, b in zip(ours, bare, strict=True)]),
+        "peak_rss_mb": max(rss),
+    }
+    if events_per_request == 1:
+        figures["at_80_percent"] = _paced_latency(
+            ctx, path, body, 0.8 * figures["requests_per_s"]["median"]
+        )
+    return figures
+
+
+def _paced_latency(ctx: BenchContext, path: str, body: bytes, rate: float) -> dict[str, Any]:
+    """p99 with the load held at a set rate (each connection paced by wrk's delay())."""
+    delay_ms = CONNECTIONS / rate * 1000
+    script = wrk.lua_script(method="POST", body=body, delay_ms=delay_ms)
+    results = []
+    for _ in range(ctx.rounds):
+        port, server = _serve(ctx, "ingest", "ingest_paced")
+        with server:
+            results.append(_load(ctx, port, path, script, events_per_request=1))
+        ctx.reset()
+    return {
+        "target_requests_per_s": rate,
+        "requests_per_s": summary([r.rate for r in results]),
+        "p50_ms": summary([r.p50_ms for r in results]),
+        "p99_ms": summary([r.p99_ms for r in results]),
+    }
+
+
+PROCESSED = re.compile(rb"processed (\d+) entries in ([\d.]+) s")
+
+
+def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
+    """One processor draining a preloaded backlog, beside a raw COPY of the same rows."""
+    payloads, views = data.stream_payloads(events)
+    batch_size = ctx.settings.batch_size
+    rows = decode_entries([(b"0-0", {EVENT_FIELD: p}) for p in payloads]).rows
+    ours: list[float] = []
+    copies: list[float] = []
+    rss: list[float] = []
+    for round_number in range(ctx.rounds):
+        ctx.reset()
+        _preload(ctx, payloads)
+        log_path = ctx.log_dir / f"processor-{round_number}.log"
+        command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
+        processor = Measured(command, ctx.env(log_level="INFO"), log_path)
+        if processor.wait(timeout=600) != 0:
+            raise RuntimeError(f"the processor failed; see {log_path}")
+        assert processor.peak_rss_mb is not None
+        rss.append(processor.peak_rss_mb)
+        found = PROCESSED.search(log_path.read_bytes())
+        if found is None or int(found[1]) != events:
+            raise AssertionError(f"the processor did not drain {events} entries; see {log_path}")
+        ours.append(events / float(found[2]))
+        _check_processed(ctx, events, views)
+        copies.append(ctx.with_db(lambda conn: _raw_copy(conn, rows, batch_size)))
+    return {
+        "events": events,
+        "batch_size": batch_size,
+        "events_per_s": summary(ours),
+        "reference_rows_per_s": summary(copies),
+        "ratio": median([o / c for o, c in zip(ours, copies, strict=True)]),
+        "peak_rss_mb": max(rss),
+    }
+
+
+def _preload(ctx: BenchContext, payloads: list[bytes]) -> None:
+    for start in range(0, len(payloads), 10_000):
+        pipe = ctx.redis.pipeline(transaction=False)
+        for payload in payloads[start : start + 10_000]:
+            pipe.xadd(ctx.settings.stream_key, {EVENT_FIELD: payload})
+        pipe.execute()
+
+
+def _check_processed(ctx: BenchContext, events: int, views: int) -> None:
+    async def figures(conn: asyncpg.Connection) -> tuple[int, int]:
+        stored = await conn.fetchval("SELECT count(*) FROM events")
+        counted = await conn.fetchval("SELECT coalesce(sum(total_views), 0) FROM daily_site_stats")
+        return stored, counted
+
+    stored, counted = ctx.with_db(figures)
+    if (stored, counted) != (events, views):
+        raise AssertionError(
+            f"stored {stored} of {events} events, counted {counted} of {views} views"
+        )
+
+
+async def _raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) -> float:
+    """Rows/s of a binary COPY of the same rows, in the same batches, into an unindexed table."""
+    await conn.execute(
+        "DROP TABLE IF EXISTS bench_raw_copy; "
+        "CREATE TABLE bench_raw_copy AS SELECT event_id, site_id, event_type, path, user_id, "
+        '"timestamp", received_at FROM events WITH NO DATA'
+    )
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        await conn.copy_records_to_table(
+            "bench_raw_copy", records=rows[start : start + batch_size], columns=COLUMNS
+        )
+    elapsed = time.perf_counter() - started
+    await conn.execute("DROP TABLE bench_raw_copy")
+    return len(rows) / elapsed
+
+
+def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
+    """Time from a 202 to the event counted in GET /stats, under a steady background load."""
+    ctx.reset()
+    background = wrk.lua_script(
+        method="POST",
+        body=orjson.dumps(data.request_body(random.Random(3))),
+        delay_ms=20 / rate * 1000,  # 20 connections, each paced
+    )
+    port, server = _serve(ctx, "ingest", "ingest_freshness")
+    processor_log = ctx.log_dir / "processor_freshness.log"
+    processor = Measured(
+        pinned([sys.executable, "-m", "processor"], ctx.service_cpu), ctx.env(), processor_log
+    )
+    samples: list[float] = []
+    try:
+        with server:
+            stop = threading.Event()
+            probe = threading.Thread(target=_probe, args=(port, stop, samples), daemon=True)
+            probe.start()
+            load = wrk.run(
+                f"http://127.0.0.1:{port}/event",
+                background,
+                connections=20,
+                seconds=ctx.seconds * 2,
+                cpu=ctx.load_cpu,
+            )
+            stop.set()
+            probe.join(timeout=30)
+    finally:
+        processor.stop()
+    if len(samples) < 20:
+        raise AssertionError(f"only {len(samples)} freshness samples")
+    ordered = sorted(samples)
+    return {
+        "target_events_per_s": rate,
+        "events_per_s": load.rate,
+        "samples": len(samples),
+        "p50_ms": median(samples),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "processor_peak_rss_mb": processor.peak_rss_mb,
+    }
+
+
+def _probe(port: int, stop: threading.Event, samples: list[float]) -> None:
+    """Send one marked page view at a time; time until GET /stats counts it."""
+    site = f"freshness-{uuid.uuid4().hex[:8]}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = 0
+    while not stop.is_set():
+        event = {"site_id": site, "event_type": "page_view", "path": "/probe"}
+        conn.request("POST", "/event", orjson.dumps(event), {"content-type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        accepted_at = time.perf_counter()
+        if response.status != 202:
+            raise AssertionError(f"probe event answered {response.status}")
+        sent += 1
+        today = datetime.now(UTC).date().isoformat()
+        while not stop.is_set():
+            conn.request("GET", f"/stats?site_id={site}&date={today}")
+            stats = orjson.loads(conn.getresponse().read())
+            if stats["total_views"] >= sent:
+                samples.append((time.perf_counter() - accepted_at) * 1000)
+                break
+            time.sleep(0.002)
+        time.sleep(0.02)
+    conn.close()
+
+
+def reporting(ctx: BenchContext) -> dict[str, Any]:
+    """GET /stats for a day of 1,000,000 page views over 10,000 paths and 100,000 users."""
+    ctx.reset()
+    site, day = "report-bench.example", date(2026, 1, 15)
+    ctx.with_db(lambda conn: _seed_report_day(conn, site, day))
+    stats_script = wrk.lua_script()
+    ours: list[wrk.WrkResult] = []
+    health: list[wrk.WrkResult] = []
+    for _ in range(ctx.rounds):
+        port, server = _serve(ctx, "ingest", "ingest_report")
+        with server:
+            health.append(_load(ctx, port, "/health", stats_script))
+            ours.append(_load(ctx, port, f"/stats?site_id={site}&date={day}", stats_script))
+    return {
+        "requests_per_s": summary([r.rate for r in ours]),
+        "p50_ms": summary([r.p50_ms for r in ours]),
+        "p99_ms": summary([r.p99_ms for r in ours]),
+        "non_2xx": sum(r.non_2xx for r in ours),
+        "reference_requests_per_s": summary([r.rate for r in health]),
+        "ratio": median([o.rate / h.rate for o, h in zip(ours, health, strict=True)]),
+    }
+
+
+async def _seed_report_day(conn: asyncpg.Connection, site: str, day: date) -> None:
+    """Aggregates as 1,000,000 processed page views would leave them (Zipf over paths)."""
+    weights = [1 / (rank + 1) for rank in range(10_000)]
+    scale = 1_000_000 / sum(weights)
+    views = [max(1, int(w * scale)) for w in weights]
+    views[0] += 1_000_000 - sum(views)
+    await conn.copy_records_to_table(
+        "daily_site_path_counts",
+        records=[(site, day, f"/page-{i}", v) for i, v in enumerate(views)],
+        columns=("site_id", "date", "path", "views"),
+    )
+    await conn.copy_records_to_table(
+        "daily_site_users",
+        records=[(site, day, f"user-{i}") for i in range(100_000)],
+        columns=("site_id", "date", "user_id"),
+    )
+    await conn.execute(
+        "INSERT INTO daily_site_stats (site_id, date, total_views, unique_users) "
+        "VALUES ($1, $2, 1000000, 100000)",
+        site,
+        day,
+    )
+    await conn.execute("ANALYZE daily_site_path_counts")
