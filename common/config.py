@@ -10,6 +10,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common import constants
 
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the services cannot use."""
@@ -33,11 +44,30 @@ class Settings:
     redis_timeout_ms: int = 500
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 500
+    # Timestamps further ahead of the time of receipt, or older, are refused (400).
+    max_future_seconds: int = 3_600
+    max_age_seconds: int = 7 * 86_400
+    # POST answers 503 while the consumer group's backlog (pending + lag) exceeds this.
+    max_backlog: int = 1_000_000
+    # Comma-separated origins allowed to send events from browsers; "*" allows any.
+    cors_origins: str = "*"
+    # Comma-separated proxy addresses or networks whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+    # Store the client's IP address and User-Agent with each event (off: only the hash).
+    store_client_info: bool = False
     log_level: str = "INFO"
 
     @property
     def dead_letter_key(self) -> str:
         return self.stream_key + constants.DEAD_LETTER_SUFFIX
+
+    @property
+    def salt_key_prefix(self) -> str:
+        return self.stream_key + constants.SALT_SUFFIX
+
+    @property
+    def ignored_key_prefix(self) -> str:
+        return self.stream_key + constants.IGNORED_SUFFIX
 
     def __repr__(self) -> str:
         # Never print a password: URLs are shown with their credentials masked.
@@ -58,7 +88,11 @@ class Settings:
             if name not in env:
                 continue
             raw = env[name]
-            if field.type == "int":
+            if field.type == "bool":
+                if raw.lower() not in _BOOLEANS:
+                    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+                values[field.name] = _BOOLEANS[raw.lower()]
+            elif field.type == "int":
                 try:
                     number = int(raw)
                 except ValueError:
@@ -67,7 +101,7 @@ class Settings:
                     raise ConfigError(f"{name} must not be negative, got {number}")
                 values[field.name] = number
             else:
-                if not raw:
+                if not raw and field.default != "":  # empty only where that is the default
                     raise ConfigError(f"{name} must not be empty")
                 values[field.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]

@@ -2,8 +2,13 @@
 
 STREAM_KEY = "events_stream"
 CONSUMER_GROUP = "events_processors"
-# Entries that can never be stored go here with the reason, instead of blocking the stream.
+# Keys beside the stream, named after it ("<stream key><suffix>"):
+# entries that can never be stored, with the reason, instead of blocking the stream;
 DEAD_LETTER_SUFFIX = ":dead"
+# daily visitor-hash salts, "<prefix><days since the epoch>", shared by all ingest processes;
+SALT_SUFFIX = ":visitor_salt:"
+# events ignored at the edge (bots): a hash per UTC day ("<prefix><YYYY-MM-DD>"), a field per site.
+IGNORED_SUFFIX = ":ignored:"
 
 # Each stream entry holds one field: the validated event, encoded as JSON by the ingest server.
 EVENT_FIELD = b"event"

@@ -30,6 +30,7 @@ def main() -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is read by ingest.client, from trusted proxies only
     )
     server = uvicorn.Server(config)
     server.run()

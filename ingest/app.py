@@ -1,4 +1,4 @@
-"""The HTTP application: POST /event (ingest) and GET /stats (report) on one server."""
+"""The HTTP application: the ingest routes and GET /stats on one server."""
 
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ from starlette.routing import Route
 
 from common.config import Settings
 from common.migrate import prepare_database
-from ingest.endpoints import BatchEndpoint, EventEndpoint
+from ingest.backlog import BacklogMonitor
+from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
+from ingest.intake import Intake
 from ingest.redis_pipe import RedisPipe
 from ingest.stream_writer import StreamWriter
+from ingest.visitors import VisitorHasher
 from report.endpoints import stats
 
 logger = logging.getLogger(__name__)
 
 
 class State(TypedDict):
-    stream_writer: StreamWriter
+    intake: Intake
     db_pool: asyncpg.Pool
 
 
@@ -56,29 +59,39 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
-            logger.warning(
-                "Redis is not reachable yet (%r); POST /event answers 503 until it is", exc
-            )
+            logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
         writer = StreamWriter(
-            RedisPipe(settings.redis_url), settings.stream_key, settings.redis_timeout_ms / 1000
+            RedisPipe(settings.redis_url),
+            settings.stream_key,
+            settings.ignored_key_prefix,
+            settings.redis_timeout_ms / 1000,
         )
+        backlog = BacklogMonitor(
+            client, settings.stream_key, settings.consumer_group, settings.max_backlog
+        )
+        intake = Intake(
+            writer,
+            VisitorHasher(client, settings.salt_key_prefix),
+            backlog,
+            settings.store_client_info,
+        )
+        backlog.start()
         try:
             async with asyncpg.create_pool(
                 settings.database_url, min_size=1, max_size=4, timeout=5, command_timeout=5
             ) as pool:
-                yield {"stream_writer": writer, "db_pool": pool}
+                yield {"intake": intake, "db_pool": pool}
                 await writer.aclose()
         finally:
+            await backlog.stop()
             await client.aclose()
 
+    ingest_methods = ["POST", "OPTIONS"]
     return Starlette(
         routes=[
-            Route("/event", EventEndpoint(settings.max_body_bytes), methods=["POST"]),
-            Route(
-                "/events",
-                BatchEndpoint(settings.max_body_bytes, settings.max_batch_events),
-                methods=["POST"],
-            ),
+            Route("/event", EventEndpoint(settings), methods=ingest_methods),
+            Route("/events", BatchEndpoint(settings), methods=ingest_methods),
+            Route("/event.gif", PixelEndpoint(settings), methods=["GET", "OPTIONS"]),
             Route("/stats", stats, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],

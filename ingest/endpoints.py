@@ -1,70 +1,125 @@
-"""The ingest routes as raw ASGI endpoints: read, validate, append to the stream, answer 202."""
+"""The ingest routes as raw ASGI endpoints: read, validate, hand to the intake, answer.
+
+POST /event (one JSON event), POST /events (a JSON array or NDJSON) and GET /event.gif
+(the no-script pixel, fields as query parameters); each also answers CORS preflights.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
-import orjson
 from starlette.types import Receive, Send
 
+from common.config import Settings
 from common.errors import error_body
 from ingest.asgi import RETRY_AFTER, RequestError, check_content_type, read_body, send_json
-from ingest.stream_writer import StreamUnavailable, StreamWriter
-from ingest.validation import InvalidBatch, InvalidEvent, parse_batch, parse_event
+from ingest.client import ClientResolver
+from ingest.cors import CorsPolicy
+from ingest.intake import Intake, Overloaded
+from ingest.stream_writer import StreamUnavailable
+from ingest.validation import (
+    InvalidBatch,
+    InvalidEvent,
+    TimeWindow,
+    parse_batch,
+    parse_event,
+    validate_event,
+)
 
 UNAVAILABLE = error_body("unavailable", "the event store is unavailable; retry later")
+OVERLOADED = error_body("overloaded", "too many events are waiting to be processed; retry later")
+ORIGIN_REFUSED = RequestError(
+    403, "origin_not_allowed", "this origin may not send events", "origin"
+)
+IGNORED = {"status": "ignored"}
+
+# The smallest transparent 1x1 GIF.
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+PIXEL_HEADERS = [
+    (b"content-type", b"image/gif"),
+    (b"content-length", b"%d" % len(PIXEL)),
+    (b"cache-control", b"no-store"),
+]
+
+Handled = tuple[int, Any, list[dict[str, Any]]]  # status, answer, events to submit first
 
 
 class _IngestEndpoint:
     """An ASGI app: Starlette's Route hands it the request without wrapping it."""
 
-    def __init__(self, max_body_bytes: int):
-        self._max_body_bytes = max_body_bytes
+    reads_body = True
+
+    def __init__(self, settings: Settings):
+        self._max_body_bytes = settings.max_body_bytes
+        self._max_events = settings.max_batch_events
+        self._window = TimeWindow(settings.max_future_seconds, settings.max_age_seconds)
+        self._cors = CorsPolicy(settings.cors_origins)
+        self._clients = ClientResolver(settings.trusted_proxies)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        writer: StreamWriter = scope["state"]["stream_writer"]
-        try:
-            check_content_type(scope)
-            body = await read_body(scope, receive, self._max_body_bytes)
-            status, answer, events = self.handle(body, time.time_ns() // 1000)
-        except RequestError as exc:
-            await send_json(send, exc.status, exc.body)
+        if scope["method"] == "OPTIONS":
+            await self._preflight(scope, send)
             return
-        if events:
-            try:
-                await writer.append([orjson.dumps(event) for event in events])
-            except StreamUnavailable:
-                await send_json(send, 503, UNAVAILABLE, RETRY_AFTER)
-                return
-        await send_json(send, status, answer)
+        intake: Intake = scope["state"]["intake"]
+        cors = self._cors.response_headers(scope)
+        try:
+            if cors is None:
+                raise ORIGIN_REFUSED
+            intake.check_capacity()
+            body = b""
+            if self.reads_body:
+                check_content_type(scope)
+                body = await read_body(scope, receive, self._max_body_bytes)
+            status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
+            if events and not await intake.submit(events, self._clients.resolve(scope)):
+                answer = IGNORED
+        except RequestError as exc:
+            await send_json(send, exc.status, exc.body, cors)
+        except Overloaded:
+            await send_json(send, 503, OVERLOADED, [*cors, *RETRY_AFTER] if cors else RETRY_AFTER)
+        except StreamUnavailable:
+            await send_json(send, 503, UNAVAILABLE, [*cors, *RETRY_AFTER] if cors else RETRY_AFTER)
+        else:
+            await self.respond(send, status, answer, cors)
 
-    def handle(self, body: bytes, received_at: int) -> tuple[int, Any, list[dict[str, Any]]]:
-        """(status, answer, events to append before answering) for a request body."""
+    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
         raise NotImplementedError
+
+    async def respond(
+        self, send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        await send_json(send, status, answer, headers)
+
+    async def _preflight(self, scope: dict[str, Any], send: Send) -> None:
+        headers = self._cors.preflight_headers(scope)
+        if headers is None:
+            await send_json(send, ORIGIN_REFUSED.status, ORIGIN_REFUSED.body)
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class EventEndpoint(_IngestEndpoint):
     """POST /event: one JSON event."""
 
-    def handle(self, body: bytes, received_at: int) -> tuple[int, Any, list[dict[str, Any]]]:
+    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
         try:
-            event = parse_event(body, received_at)
+            event = parse_event(body, received_at, self._window)
         except InvalidEvent as exc:
             return 400, error_body("invalid_event", str(exc), exc.detail()), []
         return 202, {"status": "accepted", "event_id": event["event_id"]}, [event]
 
 
 class BatchEndpoint(_IngestEndpoint):
-    """POST /events: a JSON array or NDJSON; valid events are accepted, invalid ones reported."""
+    """POST /events: valid events are accepted, invalid ones reported by index."""
 
-    def __init__(self, max_body_bytes: int, max_events: int):
-        super().__init__(max_body_bytes)
-        self._max_events = max_events
-
-    def handle(self, body: bytes, received_at: int) -> tuple[int, Any, list[dict[str, Any]]]:
+    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
         try:
-            results = parse_batch(body, received_at, self._max_events)
+            results = parse_batch(body, received_at, self._max_events, self._window)
         except InvalidBatch as exc:
             body_error = [{"field": "body", "message": str(exc)}]
             return 400, error_body("invalid_batch", str(exc), body_error), []
@@ -73,10 +128,38 @@ class BatchEndpoint(_IngestEndpoint):
         if not events:
             detail = [{"index": index, **d} for index, r in invalid for d in r.detail()]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
-        rejected = [{"index": index, "detail": r.detail()} for index, r in invalid]
         answer = {
             "accepted": len(events),
             "event_ids": [event["event_id"] for event in events],
-            "rejected": rejected,
+            "rejected": [{"index": index, "detail": r.detail()} for index, r in invalid],
         }
         return 202, answer, events
+
+
+class PixelEndpoint(_IngestEndpoint):
+    """GET /event.gif?site_id=…&event_type=…: for pages without JavaScript."""
+
+    reads_body = False
+
+    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
+        query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            fields = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
+            event = validate_event(fields, received_at, self._window)
+        except InvalidEvent as exc:
+            return 400, error_body("invalid_event", str(exc), exc.detail()), []
+        except ValueError:  # too many query fields
+            detail = [{"field": "query", "message": "too many parameters"}]
+            return 400, error_body("invalid_event", "too many parameters", detail), []
+        return 200, None, [event]
+
+    async def respond(
+        self, send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if status != 200:
+            await send_json(send, status, answer, headers)
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": PIXEL_HEADERS + headers}
+        )
+        await send({"type": "http.response.body", "body": PIXEL})

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime
 
 import hiredis
 
@@ -20,17 +23,21 @@ logger = logging.getLogger(__name__)
 
 _Waiter = tuple[list[bytes], asyncio.Future[None]]
 
+IGNORED_TTL_S = 90 * 86_400
+
 
 class StreamUnavailable(Exception):
     """Redis did not confirm the events within the time limit: they may not be stored."""
 
 
 class StreamWriter:
-    def __init__(self, pipe: RedisPipe, stream_key: str, timeout_s: float):
+    def __init__(self, pipe: RedisPipe, stream_key: str, ignored_key_prefix: str, timeout_s: float):
         self._pipe = pipe
         self._stream_key = stream_key
+        self._ignored_key_prefix = ignored_key_prefix
         self._timeout_s = timeout_s
         self._pending: list[_Waiter] = []
+        self._ignored: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
 
     async def append(self, payloads: list[bytes]) -> None:
@@ -41,6 +48,13 @@ class StreamWriter:
             self._flusher = asyncio.create_task(self._flush_while_pending())
         await future
 
+    def count_ignored(self, site_ids: list[str]) -> None:
+        """Count events ignored at the edge; sent with the next write, best effort."""
+        day = datetime.fromtimestamp(time.time(), UTC).date().isoformat()
+        self._ignored.update((self._ignored_key_prefix + day, site) for site in site_ids)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_while_pending())
+
     async def aclose(self) -> None:
         """Wait for events already handed over to be written (or failed), then disconnect."""
         if self._flusher is not None:
@@ -49,18 +63,22 @@ class StreamWriter:
 
     async def _flush_while_pending(self) -> None:
         try:
-            while self._pending:
+            while self._pending or self._ignored:
                 batch, self._pending = self._pending, []
-                await self._flush(batch)
+                ignored, self._ignored = self._ignored, Counter()
+                await self._flush(batch, ignored)
         finally:
             self._flusher = None
 
-    async def _flush(self, batch: list[_Waiter]) -> None:
+    async def _flush(self, batch: list[_Waiter], ignored: Counter[tuple[str, str]]) -> None:
         commands = [
             pack("XADD", self._stream_key, "*", EVENT_FIELD, payload)
             for payloads, _ in batch
             for payload in payloads
         ]
+        for (key, site), count in ignored.items():  # after the XADDs: replies stay aligned
+            commands.append(pack("HINCRBY", key, site, count))
+            commands.append(pack("EXPIRE", key, IGNORED_TTL_S))
         try:
             async with asyncio.timeout(self._timeout_s):
                 replies = await self._pipe.execute(commands)

@@ -1,8 +1,8 @@
 """Request bodies to validated events: pure code, no I/O.
 
-A valid event is a dict with exactly the keys of EVENT_KEYS; times are integers of
-microseconds since the Unix epoch (UTC). It is what the stream carries and what the
-processor turns into a row.
+A valid event is a dict with the keys of EVENT_KEYS; times are integers of microseconds
+since the Unix epoch (UTC). With what the edge adds (see ingest/intake.py) it is what
+the stream carries and what the processor turns into a row.
 """
 
 from __future__ import annotations
@@ -40,21 +40,32 @@ class InvalidEvent(ValueError):
         return [{"field": e.field, "message": e.message} for e in self.errors]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """How far from the time of receipt an event's timestamp may lie (None: no bound)."""
+
+    max_future_s: int | None = None
+    max_age_s: int | None = None
+
+
+UNBOUNDED = TimeWindow()
+
+
 class InvalidBatch(ValueError):
     """The batch as a whole cannot be read: not JSON, empty, or too many events."""
 
 
-def parse_event(body: bytes, received_at: int) -> dict[str, Any]:
+def parse_event(body: bytes, received_at: int, window: TimeWindow = UNBOUNDED) -> dict[str, Any]:
     """Parse and validate one JSON event; raises InvalidEvent naming every field at fault."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidEvent([FieldError("body", "not valid JSON")]) from None
-    return validate_event(data, received_at)
+    return validate_event(data, received_at, window)
 
 
 def parse_batch(
-    body: bytes, received_at: int, max_events: int
+    body: bytes, received_at: int, max_events: int, window: TimeWindow = UNBOUNDED
 ) -> list[dict[str, Any] | InvalidEvent]:
     """Parse a JSON array or NDJSON body; each item becomes its valid event or why it is invalid."""
     items = _batch_items(body)
@@ -66,9 +77,9 @@ def parse_batch(
     for item in items:
         try:
             if isinstance(item, bytes):  # an NDJSON line, parsed on its own
-                results.append(parse_event(item, received_at))
+                results.append(parse_event(item, received_at, window))
             else:
-                results.append(validate_event(item, received_at))
+                results.append(validate_event(item, received_at, window))
         except InvalidEvent as exc:
             results.append(exc)
     return results
@@ -88,7 +99,9 @@ def _batch_items(body: bytes) -> list[Any]:
     return data
 
 
-def validate_event(data: object, received_at: int) -> dict[str, Any]:
+def validate_event(
+    data: object, received_at: int, window: TimeWindow = UNBOUNDED
+) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidEvent([FieldError("body", "must be a JSON object")])
     errors: list[FieldError] = []
@@ -96,7 +109,7 @@ def validate_event(data: object, received_at: int) -> dict[str, Any]:
     event_type = _text(data, "event_type", MAX_EVENT_TYPE, errors, required=True)
     path = _text(data, "path", MAX_PATH, errors) or DEFAULT_PATH
     user_id = _text(data, "user_id", MAX_USER_ID, errors)
-    timestamp = _timestamp(data.get("timestamp"), received_at, errors)
+    timestamp = _timestamp(data.get("timestamp"), received_at, window, errors)
     event_id = _event_id(data.get("event_id"), errors)
     if errors:
         raise InvalidEvent(errors)
@@ -140,7 +153,9 @@ def _text(
     return None
 
 
-def _timestamp(value: object, received_at: int, errors: list[FieldError]) -> int:
+def _timestamp(
+    value: object, received_at: int, window: TimeWindow, errors: list[FieldError]
+) -> int:
     if value is None:
         return received_at
     if not isinstance(value, str) or len(value) > 64:
@@ -156,10 +171,15 @@ def _timestamp(value: object, received_at: int, errors: list[FieldError]) -> int
         return received_at
     try:
         # Converting to UTC first keeps every accepted time representable downstream.
-        return to_epoch_micros(moment.astimezone(UTC))
+        micros = to_epoch_micros(moment.astimezone(UTC))
     except OverflowError:
         errors.append(FieldError("timestamp", "out of range"))
         return received_at
+    if window.max_future_s is not None and micros > received_at + window.max_future_s * 1_000_000:
+        errors.append(FieldError("timestamp", f"more than {window.max_future_s} s in the future"))
+    elif window.max_age_s is not None and micros < received_at - window.max_age_s * 1_000_000:
+        errors.append(FieldError("timestamp", f"older than {window.max_age_s} s"))
+    return micros
 
 
 def _event_id(value: object, errors: list[FieldError]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import orjson
@@ -17,9 +18,31 @@ import orjson
 from common.constants import EVENT_FIELD
 
 # Column order of the staging table and of each row tuple.
-COLUMNS = ("event_id", "site_id", "event_type", "path", "user_id", "timestamp", "received_at")
+COLUMNS = (
+    "event_id",
+    "site_id",
+    "event_type",
+    "path",
+    "user_id",
+    "timestamp",
+    "received_at",
+    "visitor_id",
+    "client_ip",
+    "user_agent",
+)
 
-Row = tuple[uuid.UUID, str, str, str, str | None, datetime, datetime]
+Row = tuple[
+    uuid.UUID,
+    str,
+    str,
+    str,
+    str | None,
+    datetime,
+    datetime,
+    uuid.UUID | None,
+    IPv4Address | IPv6Address | None,
+    str | None,
+]
 # A stream entry as redis-py returns it; an entry deleted while pending has no fields.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -60,31 +83,50 @@ def decode_event(fields: dict[bytes, bytes]) -> Row:
         raise UndecodableEntry(f"not JSON: {exc}") from None
     if not isinstance(event, dict):
         raise UndecodableEntry("not a JSON object")
-    user_id = event.get("user_id")
-    if user_id is not None and (not isinstance(user_id, str) or "\x00" in user_id):
-        raise UndecodableEntry("user_id: not a string")
+    visitor_id = event.get("visitor_id")
+    client_ip = event.get("client_ip")
     return (
-        _uuid(event.get("event_id")),
+        _uuid(event.get("event_id"), "event_id"),
         _text(event, "site_id"),
         _text(event, "event_type"),
         _text(event, "path"),
-        user_id or None,
+        _optional_text(event, "user_id"),
         _time(event, "timestamp"),
         _time(event, "received_at"),
+        None if visitor_id is None else _uuid(visitor_id, "visitor_id"),
+        None if client_ip is None else _ip(client_ip),
+        _optional_text(event, "user_agent"),
     )
 
 
-def _uuid(value: Any) -> uuid.UUID:
+def _uuid(value: Any, key: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (TypeError, ValueError, AttributeError):
-        raise UndecodableEntry("event_id: not a UUID") from None
+        raise UndecodableEntry(f"{key}: not a UUID") from None
+
+
+def _ip(value: Any) -> IPv4Address | IPv6Address:
+    try:
+        return ip_address(value)
+    except ValueError:
+        raise UndecodableEntry("client_ip: not an IP address") from None
 
 
 def _text(event: dict[str, Any], key: str) -> str:
     value = event.get(key)
     if not isinstance(value, str) or not value or "\x00" in value:
         raise UndecodableEntry(f"{key}: not a non-empty string")
+    return value
+
+
+def _optional_text(event: dict[str, Any], key: str) -> str | None:
+    """A string, or None for a missing or empty one."""
+    value = event.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or "\x00" in value:
+        raise UndecodableEntry(f"{key}: not a string")
     return value
 
 

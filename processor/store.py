@@ -24,18 +24,24 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
     path        text COLLATE "C" NOT NULL,
     user_id     text COLLATE "C",
     "timestamp" timestamptz NOT NULL,
-    received_at timestamptz NOT NULL
+    received_at timestamptz NOT NULL,
+    visitor_id  uuid,
+    client_ip   inet,
+    user_agent  text
 ) ON COMMIT DELETE ROWS
 """
 
+_COLUMN_LIST = ", ".join(f'"{column}"' for column in COLUMNS)
+
 STORE_STAGED = f"""
 WITH inserted AS (
-    INSERT INTO events (event_id, site_id, event_type, path, user_id, "timestamp", received_at)
-    SELECT event_id, site_id, event_type, path, user_id, "timestamp", received_at
+    INSERT INTO events ({_COLUMN_LIST})
+    SELECT {_COLUMN_LIST}
     FROM {STAGING_TABLE}
     ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING site_id, event_type, path, user_id, ("timestamp" AT TIME ZONE 'UTC')::date AS date
+    RETURNING site_id, event_type, path, user_id, visitor_id,
+        ("timestamp" AT TIME ZONE 'UTC')::date AS date
 ),
 new_users AS (
     INSERT INTO daily_site_users (site_id, date, user_id)
@@ -45,13 +51,24 @@ new_users AS (
     ON CONFLICT DO NOTHING
     RETURNING site_id, date
 ),
+-- Visitors known only by their hash (no user_id) are counted beside the users.
+new_visitors AS (
+    INSERT INTO daily_site_visitors (site_id, date, visitor_id)
+    SELECT DISTINCT site_id, date, visitor_id FROM inserted
+    WHERE user_id IS NULL AND visitor_id IS NOT NULL
+    ORDER BY site_id, date, visitor_id
+    ON CONFLICT DO NOTHING
+    RETURNING site_id, date
+),
 views_per_day AS (
     SELECT site_id, date, count(*) AS views FROM inserted
     WHERE event_type = '{PAGE_VIEW}'
     GROUP BY site_id, date
 ),
 users_per_day AS (
-    SELECT site_id, date, count(*) AS users FROM new_users GROUP BY site_id, date
+    SELECT site_id, date, count(*) AS users
+    FROM (SELECT * FROM new_users UNION ALL SELECT * FROM new_visitors) AS newcomers
+    GROUP BY site_id, date
 ),
 stats AS (
     INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
@@ -70,14 +87,15 @@ paths AS (
     ORDER BY site_id, date, path
     ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
 )
-SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM new_users) AS new_users
+SELECT (SELECT count(*) FROM inserted) AS inserted,
+    (SELECT count(*) FROM new_users) + (SELECT count(*) FROM new_visitors) AS new_users
 """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreResult:
     inserted: int  # rows new to `events`; the rest were stored before (duplicates)
-    new_users: int
+    new_users: int  # users and visitors new to their site and day
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:

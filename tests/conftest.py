@@ -67,6 +67,7 @@ def settings(database_url: str) -> Settings:
         block_ms=100,
         claim_min_idle_ms=60_000,
         claim_interval_ms=60_000,
+        max_age_seconds=10 * 365 * 86_400,  # the generated data sets lie in 2024
     )
 
 

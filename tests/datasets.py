@@ -8,13 +8,16 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta, timezone
 
+# Key of the User-Agent an event is to be sent with; not part of the body.
+USER_AGENT_KEY = "_user_agent"
+
 OFFSETS = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30))]
 
 
 @dataclasses.dataclass
 class Expected:
     views: Counter[tuple[str, date]]
-    users: dict[tuple[str, date], set[str]]
+    users: dict[tuple[str, date], set[object]]  # user ids, and ("visitor", User-Agent)
     paths: Counter[tuple[str, date, str]]
     stored_events: int
 
@@ -69,5 +72,11 @@ def generate(
             expected.paths[(site, day, path)] += 1
         if user is not None:
             expected.users[(site, day)].add(user)
+        else:
+            # Anonymous: counted as a visitor by the hash of IP and User-Agent; the test
+            # sends this event with this browser's User-Agent (kept out of the body).
+            browser = f"Mozilla/5.0 (test browser {rng.randrange(40)})"
+            event[USER_AGENT_KEY] = browser
+            expected.users[(site, day)].add(("visitor", browser))
     resent = rng.sample(events, int(count * resend_share))
     return events + resent, expected

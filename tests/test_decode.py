@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime
 
@@ -39,8 +40,26 @@ def test_an_ingested_event_becomes_its_row() -> None:
             "u",
             datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC),
             datetime.fromtimestamp(RECEIVED / 1_000_000, tz=UTC),
+            None,
+            None,
+            None,
         )
     ]
+
+
+def test_edge_enrichment_is_decoded() -> None:
+    event = valid_event(user_id=None) | {
+        "visitor_id": "3b241101-e2bb-4255-8caf-4136c566a962",
+        "client_ip": "2001:db8::1",
+        "user_agent": "Mozilla/5.0",
+    }
+    [row] = decode_entries([entry(b"1-0", event)]).rows
+    assert row[4] is None
+    assert row[7:] == (
+        uuid.UUID("3b241101-e2bb-4255-8caf-4136c566a962"),
+        ipaddress.ip_address("2001:db8::1"),
+        "Mozilla/5.0",
+    )
 
 
 def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
@@ -64,6 +83,9 @@ def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
         {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": "2024-01-01T00:00:00Z"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": True})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"received_at": 10**18})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"visitor_id": "v"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"client_ip": "300.1.1.1"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"user_agent": ["x"]})},
     ],
 )
 def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, bytes]) -> None:

@@ -20,8 +20,9 @@ async def send_all(http: httpx.AsyncClient, events: list[dict[str, object]]) -> 
 
     async def sender() -> None:
         while queue:
-            event = queue.pop()
-            response = await http.post("/event", json=event)
+            event = dict(queue.pop())
+            user_agent = event.pop(datasets.USER_AGENT_KEY, "python-httpx")
+            response = await http.post("/event", json=event, headers={"user-agent": user_agent})
             assert response.status_code == 202, response.text
 
     await asyncio.gather(*(sender() for _ in range(CONCURRENT_REQUESTS)))

@@ -1,0 +1,76 @@
+"""The consumer group's backlog, read in the background and shared by all requests.
+
+Backpressure instead of loss: while more events wait than MAX_BACKLOG, the ingest routes
+answer 503 with Retry-After, and the stream is never trimmed of unprocessed entries.
+The figure is read at most every 100 ms, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.1
+
+
+class BacklogMonitor:
+    def __init__(self, client: redis.Redis, stream_key: str, group: str, limit: int):
+        self._client = client
+        self._stream_key = stream_key
+        self._group = group
+        self._limit = limit
+        self.backlog = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def exceeded(self) -> bool:
+        return self.backlog > self._limit
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def read(self) -> int:
+        """Entries not yet processed: pending (delivered, unacknowledged) plus lag (undelivered)."""
+        try:
+            groups = await self._client.xinfo_groups(self._stream_key)
+        except ResponseError:  # no such stream yet
+            return 0
+        for group in groups:
+            if group["name"].decode() == self._group:
+                lag = group.get("lag")
+                if lag is None:  # Redis cannot tell after some deletions: count it all
+                    return int(await self._client.xlen(self._stream_key))
+                return int(group["pending"]) + int(lag)
+        # No processor has created the group yet: everything in the stream waits.
+        return int(await self._client.xlen(self._stream_key))
+
+    async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        was_exceeded = False
+        while True:
+            try:
+                self.backlog = await self.read()
+            except (RedisError, OSError) as exc:
+                logger.debug("backlog read failed: %r", exc)  # writes will report Redis down
+            if self.exceeded != was_exceeded:
+                was_exceeded = self.exceeded
+                logger.warning(
+                    "backlog %d %s the limit %d: %s",
+                    self.backlog,
+                    "exceeds" if was_exceeded else "is back under",
+                    self._limit,
+                    "answering 503" if was_exceeded else "accepting again",
+                )
+            next_poll += POLL_INTERVAL_S  # on a schedule that does not drift
+            await asyncio.sleep(max(0.0, next_poll - loop.time()))

@@ -1,0 +1,55 @@
+"""Cookieless visitor ids: a keyed hash of site, IP and User-Agent, with a salt per UTC day.
+
+The salt is random, shared by every ingest process through Redis (the first process to
+need a day's salt creates it; SET NX makes them agree), expires two days later, and is
+never stored with the events: once it is gone, no visitor id can be linked back to an IP
+address, and ids of different days cannot be linked to each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+
+import redis.asyncio as redis
+
+SALT_TTL_S = 2 * 86_400
+_SEPARATOR = b"\x00"
+
+
+class VisitorHasher:
+    def __init__(self, client: redis.Redis, key_prefix: str):
+        self._client = client
+        self._key_prefix = key_prefix
+        self._day = -1
+        self._salt = b""
+        self._loading: asyncio.Task[None] | None = None
+
+    async def ready(self) -> None:
+        """Make sure today's salt is loaded: one Redis round trip per process per day."""
+        today = int(time.time() // 86_400)
+        if today == self._day:
+            return
+        # One load shared by every request that needs it; a failed one is retried.
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.create_task(self._load(today))
+        await asyncio.shield(self._loading)
+
+    def visitor_id(self, site_id: str, ip: str, user_agent: str) -> str:
+        digest = hashlib.blake2b(
+            _SEPARATOR.join((site_id.encode(), ip.encode(), user_agent.encode())),
+            key=self._salt,
+            digest_size=16,
+        ).digest()
+        return str(uuid.UUID(bytes=digest))
+
+    async def _load(self, day: int) -> None:
+        key = f"{self._key_prefix}{day}"
+        await self._client.set(key, os.urandom(32), nx=True, ex=SALT_TTL_S)
+        salt = await self._client.get(key)
+        if not isinstance(salt, bytes) or not salt:
+            raise ConnectionError("the visitor salt vanished from Redis")
+        self._salt, self._day = salt, day
