@@ -85,7 +85,10 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
     client = redis.Redis.from_url(settings.redis_url)
     yield client
-    await client.delete(settings.stream_key, settings.dead_letter_key)
+    # The stream and every key named after it (dead letters, salts, counters).
+    keys = [key async for key in client.scan_iter(match=f"{settings.stream_key}*")]
+    if keys:
+        await client.delete(*keys)
     await client.aclose()
 
 

@@ -1,0 +1,112 @@
+"""Unit tests of the edge's pure parts: client address, bots, time window, CORS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ingest.bots import is_bot
+from ingest.client import ClientResolver
+from ingest.cors import CorsPolicy
+from ingest.validation import InvalidEvent, TimeWindow, validate_event
+
+NOW = 1_800_000_000_000_000
+
+
+def scope(peer: str, **headers: str) -> dict[str, Any]:
+    return {
+        "client": (peer, 50000),
+        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+    }
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "forwarded", "client"),
+    [
+        ("", "198.51.100.1", "203.0.113.7", "198.51.100.1"),  # no proxy trusted
+        ("10.0.0.0/8", "10.1.2.3", "203.0.113.7", "203.0.113.7"),
+        ("10.0.0.0/8", "198.51.100.1", "203.0.113.7", "198.51.100.1"),  # peer not a proxy
+        ("10.0.0.0/8", "10.1.2.3", "1.1.1.1, 203.0.113.7, 10.9.9.9", "203.0.113.7"),
+        ("10.0.0.0/8", "10.1.2.3", "garbage, 203.0.113.7", "203.0.113.7"),
+        ("10.0.0.0/8", "10.1.2.3", "203.0.113.7, garbage", "10.1.2.3"),
+        ("10.0.0.0/8, ::1", "::1", "2001:db8::5", "2001:db8::5"),
+    ],
+)
+def test_the_client_address_trusts_only_configured_proxies(
+    trusted: str, peer: str, forwarded: str, client: str
+) -> None:
+    resolved = ClientResolver(trusted).resolve(
+        scope(peer, x_forwarded_for=forwarded, user_agent="UA/1")
+    )
+    assert (resolved.ip, resolved.user_agent) == (client, "UA/1")
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+        "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+        "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        "Twitterbot/1.0",
+        "Pingdom.com_bot_version_1.4_(http://www.pingdom.com/)",
+    ],
+)
+def test_known_bots_are_recognised(agent: str) -> None:
+    assert is_bot(agent)
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+        "curl/8.4.0",
+        "python-requests/2.31.0",
+        "Go-http-client/1.1",
+        "okhttp/4.12.0",
+        "axios/1.6.2",
+        "Apache-HttpClient/4.5.14 (Java/17.0.8)",
+        "",
+    ],
+)
+def test_browsers_and_http_libraries_are_not_bots(agent: str) -> None:
+    assert not is_bot(agent)
+
+
+def test_the_time_window_bounds_timestamps_around_receipt() -> None:
+    window = TimeWindow(max_future_s=60, max_age_s=3600)
+
+    def check(seconds_from_now: int) -> list[str]:
+        moment = (NOW + seconds_from_now * 1_000_000) / 1e6
+        body = {
+            "site_id": "s",
+            "event_type": "e",
+            "timestamp": datetime.fromtimestamp(moment, UTC).isoformat(),
+        }
+        try:
+            validate_event(body, NOW, window)
+        except InvalidEvent as exc:
+            return [e.message for e in exc.errors]
+        return []
+
+    assert check(59) == [] and check(-3599) == []
+    assert check(61) == ["more than 60 s in the future"]
+    assert check(-3601) == ["older than 3600 s"]
+
+
+def test_cors_policy_echoes_allowed_origins_only() -> None:
+    policy = CorsPolicy("https://a.example,https://b.example")
+    assert policy.response_headers(scope("1.1.1.1", origin="https://a.example")) == [
+        (b"access-control-allow-origin", b"https://a.example"),
+        (b"vary", b"Origin"),
+    ]
+    assert policy.response_headers(scope("1.1.1.1", origin="https://c.example")) is None
+    assert policy.response_headers(scope("1.1.1.1")) == []
+    assert CorsPolicy("*").response_headers(scope("1.1.1.1", origin="https://c.example")) == [
+        (b"access-control-allow-origin", b"*")
+    ]
