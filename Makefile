@@ -12,7 +12,7 @@ LOADTEST_SPAWN_RATE ?= 50
 LOADTEST_TIME ?= 30s
 LOADTEST_PROCESSES ?= 2
 
-.PHONY: run test lint migrate services services-stop preflight loadtest clean
+.PHONY: run test lint migrate services services-stop preflight loadtest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -68,6 +68,12 @@ loadtest: $(LOADTEST_STAMP)
 		--run-time $(LOADTEST_TIME) --exit-code-on-error 1 \
 		--csv loadtest/reports/loadtest --html loadtest/reports/loadtest.html \
 		$(if $(LOADTEST_PROCESSES),--processes $(LOADTEST_PROCESSES))
+
+## bench: every measurement with its same-run reference; table, benchmarks/results/latest.{json,png}
+bench: $(STAMP) preflight
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk (or brew install wrk)"; exit 1; }
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) $(LOADTEST_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,7 +29,12 @@ def pinned(command: list[str], cpu: int | None) -> list[str]:
 
 
 class Measured:
-    """A child process whose peak resident memory is known once it has stopped."""
+    """A child process whose peak resident memory is known once it has stopped.
+
+    The peak is the kernel's high-water mark of the process's own memory (VmHWM, reset
+    by exec), sampled until the exit; ru_maxrss would count the pages the child shared
+    with this (large) benchmark process between fork and exec.
+    """
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path):
         self._log = log_path.open("wb")
@@ -40,23 +45,33 @@ class Measured:
         self.returncode: int | None = None
 
     def wait(self, timeout: float) -> int:
-        """Wait for the exit, recording peak RSS (ru_maxrss of this child alone)."""
+        """Wait for the exit, sampling the peak RSS meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
-            if pid:
-                self.peak_rss_mb = usage.ru_maxrss / 1024
-                self.returncode = os.waitstatus_to_exitcode(status)
-                self.process.returncode = self.returncode
-                self._log.close()
-                return self.returncode
-            if time.monotonic() > deadline:
-                self.process.kill()
-                deadline = time.monotonic() + 10
-            time.sleep(0.02)
+            self._sample_peak()
+            try:
+                self.returncode = self.process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                    deadline = time.monotonic() + 10
+                continue
+            self._log.close()
+            return self.returncode
+
+    def _sample_peak(self) -> None:
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        self.peak_rss_mb = int(line.split()[1]) / 1024
+                        return
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass  # exited between the checks: the last sample stands
 
     def stop(self) -> None:
         if self.returncode is None:
+            self._sample_peak()  # the high-water mark so far, before shutting down
             self.process.send_signal(signal.SIGTERM)
             self.wait(timeout=15)
 
