@@ -45,10 +45,19 @@ def ensure_installed() -> str:
     return path
 
 
+# What a browser's beacon carries besides the body: the server reads both headers.
+BROWSER_HEADERS = {
+    "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Origin": "https://site-1.example",
+}
+
+
 def lua_script(
     *, method: str = "GET", body: bytes | None = None, delay_ms: float | None = None
 ) -> str:
     lines = [f'wrk.method = "{method}"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in BROWSER_HEADERS.items()]
     if body is not None:
         lines.append(f"wrk.body = {_lua_string(body)}")
         lines.append('wrk.headers["Content-Type"] = "application/json"')

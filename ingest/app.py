@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import TypedDict
@@ -16,9 +17,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
+from common.errors import error_body
 from common.migrate import prepare_database
+from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.intake import Intake
@@ -51,7 +55,33 @@ async def health(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-def create_app(settings: Settings) -> Starlette:
+class IngestRouter:
+    """Hands the ingest routes straight to their raw ASGI endpoints; the rest to Starlette.
+
+    The beacon routes are the hot path: Starlette's middleware stack and router cost
+    about 15% of the server's time per request there (measured with py-spy, see the
+    README), and they need none of it. Lifespan and every other route go to Starlette.
+    """
+
+    def __init__(self, routes: dict[str, tuple[ASGIApp, frozenset[str]]], fallback: Starlette):
+        self._routes = routes
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self._fallback(scope, receive, send)
+            return
+        endpoint, methods = route
+        if scope["method"] not in methods:
+            allow = ", ".join(sorted(methods)).encode()
+            detail = error_body("method_not_allowed", f"use {allow.decode()}")
+            await send_json(send, 405, detail, [(b"allow", allow)])
+            return
+        await endpoint(scope, receive, send)
+
+
+def create_app(settings: Settings) -> IngestRouter:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         await prepare_database(settings.database_url)
@@ -76,6 +106,11 @@ def create_app(settings: Settings) -> Starlette:
             settings.store_client_info,
         )
         backlog.start()
+        # Start-up objects live as long as the process: keep them out of every collection,
+        # and collect young objects less often (pauses showed in the p99 latency).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         try:
             async with asyncpg.create_pool(
                 settings.database_url, min_size=1, max_size=4, timeout=5, command_timeout=5
@@ -86,14 +121,17 @@ def create_app(settings: Settings) -> Starlette:
             await backlog.stop()
             await client.aclose()
 
-    ingest_methods = ["POST", "OPTIONS"]
-    return Starlette(
+    posts = frozenset({"POST", "OPTIONS"})
+    ingest_routes: dict[str, tuple[ASGIApp, frozenset[str]]] = {
+        "/event": (EventEndpoint(settings), posts),
+        "/events": (BatchEndpoint(settings), posts),
+        "/event.gif": (PixelEndpoint(settings), frozenset({"GET", "OPTIONS"})),
+    }
+    reporting = Starlette(
         routes=[
-            Route("/event", EventEndpoint(settings), methods=ingest_methods),
-            Route("/events", BatchEndpoint(settings), methods=ingest_methods),
-            Route("/event.gif", PixelEndpoint(settings), methods=["GET", "OPTIONS"]),
             Route("/stats", stats, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
+    return IngestRouter(ingest_routes, reporting)

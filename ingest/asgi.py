@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from common.errors import error_body
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 RETRY_AFTER = [(b"retry-after", b"1")]
 
 # Media types that can carry a JSON body. Browsers' navigator.sendBeacon sends a string
@@ -26,14 +26,14 @@ class RequestError(Exception):
         self.body = error_body(code, message, [{"field": field, "message": message}])
 
 
-def header(scope: dict[str, Any], name: bytes) -> bytes | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value)
     return None
 
 
-def check_content_type(scope: dict[str, Any]) -> None:
+def check_content_type(scope: Scope) -> None:
     """415 for a declared type that cannot hold JSON; no type at all is accepted."""
     declared = header(scope, b"content-type")
     if declared is None:
@@ -50,7 +50,7 @@ def check_content_type(scope: dict[str, Any]) -> None:
     )
 
 
-async def read_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body; 413 for one larger than `limit`, refused before it is read."""
     too_large = RequestError(413, "body_too_large", f"body larger than {limit} bytes")
     length = header(scope, b"content-length")
@@ -76,11 +76,8 @@ async def send_json(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     body = orjson.dumps(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": JSON_HEADERS + (headers or []) + [(b"content-length", b"%d" % len(body))],
-        }
-    )
+    response_headers = [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
+    if headers:
+        response_headers += headers
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
     await send({"type": "http.response.body", "body": body})

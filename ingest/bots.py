@@ -6,61 +6,68 @@ bots: back ends send events with them legitimately.
 
 from __future__ import annotations
 
+import functools
 import re
 
-_BOT_PATTERNS = [
-    # crawlers that say so: Googlebot, bingbot, AhrefsBot, YandexBot, Applebot, ...
-    r"bot\b",
-    r"bot/",
-    r"crawl",
-    r"spider",
-    r"slurp",
-    r"archiver",
-    r"mediapartners-google",
-    r"adsbot",
-    r"bingpreview",
-    r"ia_archiver",
-    r"baiduspider",
-    r"yandex",
-    r"petalbot",
+# Substrings of the lower-cased User-Agent. "bot" alone would also match phones (CUBOT),
+# so crawlers that say so are caught by the regular expression below instead.
+_BOT_MARKERS = (
+    "crawl",
+    "spider",
+    "slurp",
+    "archiver",
+    "mediapartners-google",
+    "adsbot",
+    "bingpreview",
+    "baiduspider",
+    "yandex",
+    "petalbot",
     # headless and automated browsers
-    r"headlesschrome",
-    r"phantomjs",
-    r"lighthouse",
-    r"pagespeed",
-    r"gtmetrix",
-    r"selenium",
-    r"webdriver",
+    "headlesschrome",
+    "phantomjs",
+    "lighthouse",
+    "pagespeed",
+    "gtmetrix",
+    "selenium",
+    "webdriver",
     # uptime monitors
-    r"pingdom",
-    r"uptimerobot",
-    r"statuscake",
-    r"site24x7",
-    r"newrelicpinger",
-    r"datadog",
-    r"checkly",
-    r"freshping",
-    r"uptime-kuma",
-    r"better ?uptime",
-    r"monitis",
+    "pingdom",
+    "uptimerobot",
+    "statuscake",
+    "site24x7",
+    "newrelicpinger",
+    "datadog",
+    "checkly",
+    "freshping",
+    "uptime-kuma",
+    "betteruptime",
+    "better uptime",
+    "monitis",
     # link previewers
-    r"facebookexternalhit",
-    r"facebookcatalog",
-    r"embedly",
-    r"quora link preview",
-    r"outbrain",
-    r"vkshare",
-    r"w3c_validator",
-    r"whatsapp",
-    r"skypeuripreview",
-    r"nuzzel",
-    r"redditbot",
-    r"iframely",
-    r"mastodon",
-]
+    "facebookexternalhit",
+    "facebookcatalog",
+    "embedly",
+    "quora link preview",
+    "outbrain",
+    "vkshare",
+    "w3c_validator",
+    "whatsapp",
+    "skypeuripreview",
+    "nuzzel",
+    "iframely",
+    "mastodon",
+)
+# Googlebot/2.1, AhrefsBot/7.0;, Twitterbot/1.0, Slackbot-LinkExpanding, Pingdom.com_bot_...,
+# "TelegramBot (like TwitterBot)": "bot" ending a word before a delimiter or the end.
+_SAYS_BOT = re.compile(r"bot(?:[/_\-;)]|$)")
+# Phone makers whose model names end in "bot", as in "(Linux; Android 11; CUBOT_X30)".
+_NOT_BOTS = ("cubot",)
 
-_BOT = re.compile("|".join(_BOT_PATTERNS), re.IGNORECASE)
 
-
+@functools.lru_cache(maxsize=16_384)
 def is_bot(user_agent: str) -> bool:
-    return _BOT.search(user_agent) is not None
+    """Whether the User-Agent is a known bot; cached, since browsers repeat theirs."""
+    agent = user_agent.lower()
+    for name in _NOT_BOTS:
+        agent = agent.replace(name, "")
+    return any(marker in agent for marker in _BOT_MARKERS) or _SAYS_BOT.search(agent) is not None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any
+
+from starlette.types import Scope
 
 from ingest.asgi import header
 
@@ -27,7 +28,7 @@ class ClientResolver:
             if item.strip()
         ]
 
-    def resolve(self, scope: dict[str, Any]) -> ClientInfo:
+    def resolve(self, scope: Scope) -> ClientInfo:
         peer = scope["client"][0] if scope.get("client") else ""
         user_agent = (header(scope, b"user-agent") or b"").decode("latin-1")
         if self._trusted and self._is_trusted(peer):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from starlette.types import Scope
 
 from ingest.asgi import header
 
@@ -18,7 +18,7 @@ class CorsPolicy:
         self._any = "*" in allowed
         self._allowed = {origin.encode() for origin in allowed}
 
-    def response_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]] | None:
+    def response_headers(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
         """Headers for a response to this request; None when its Origin is not allowed."""
         if self._any:
             return [(b"access-control-allow-origin", b"*")]
@@ -29,7 +29,7 @@ class CorsPolicy:
             return None
         return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
 
-    def preflight_headers(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]] | None:
+    def preflight_headers(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
         allowed = self.response_headers(scope)
         if allowed is None:
             return None

@@ -10,7 +10,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
@@ -60,7 +60,7 @@ class _IngestEndpoint:
         self._cors = CorsPolicy(settings.cors_origins)
         self._clients = ClientResolver(settings.trusted_proxies)
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "OPTIONS":
             await self._preflight(scope, send)
             return
@@ -86,7 +86,7 @@ class _IngestEndpoint:
         else:
             await self.respond(send, status, answer, cors)
 
-    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
+    def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         raise NotImplementedError
 
     async def respond(
@@ -94,7 +94,7 @@ class _IngestEndpoint:
     ) -> None:
         await send_json(send, status, answer, headers)
 
-    async def _preflight(self, scope: dict[str, Any], send: Send) -> None:
+    async def _preflight(self, scope: Scope, send: Send) -> None:
         headers = self._cors.preflight_headers(scope)
         if headers is None:
             await send_json(send, ORIGIN_REFUSED.status, ORIGIN_REFUSED.body)
@@ -106,7 +106,7 @@ class _IngestEndpoint:
 class EventEndpoint(_IngestEndpoint):
     """POST /event: one JSON event."""
 
-    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
+    def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         try:
             event = parse_event(body, received_at, self._window)
         except InvalidEvent as exc:
@@ -117,7 +117,7 @@ class EventEndpoint(_IngestEndpoint):
 class BatchEndpoint(_IngestEndpoint):
     """POST /events: valid events are accepted, invalid ones reported by index."""
 
-    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
+    def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         try:
             results = parse_batch(body, received_at, self._max_events, self._window)
         except InvalidBatch as exc:
@@ -141,7 +141,7 @@ class PixelEndpoint(_IngestEndpoint):
 
     reads_body = False
 
-    def handle(self, scope: dict[str, Any], body: bytes, received_at: int) -> Handled:
+    def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         query = scope.get("query_string", b"").decode("latin-1")
         try:
             fields = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))

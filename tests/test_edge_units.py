@@ -54,6 +54,13 @@ def test_the_client_address_trusts_only_configured_proxies(
         "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
         "Twitterbot/1.0",
         "Pingdom.com_bot_version_1.4_(http://www.pingdom.com/)",
+        "TelegramBot (like TwitterBot)",
+        "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+        "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+        "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/13.1.1 Safari/605.1.15 (Applebot/0.1)",
+        "DuckDuckBot/1.1; (+http://duckduckgo.com/duckduckbot.html)",
+        "WhatsApp/2.23.20.0",
     ],
 )
 def test_known_bots_are_recognised(agent: str) -> None:
@@ -71,6 +78,8 @@ def test_known_bots_are_recognised(agent: str) -> None:
         "okhttp/4.12.0",
         "axios/1.6.2",
         "Apache-HttpClient/4.5.14 (Java/17.0.8)",
+        "Mozilla/5.0 (Linux; Android 10; CUBOT P40) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 11; CUBOT_X30) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36",
         "",
     ],
 )
