@@ -54,7 +54,8 @@ class BenchContext:
 
         async def truncate(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                "TRUNCATE events, daily_site_stats, daily_site_path_counts, daily_site_users"
+                "TRUNCATE events, event_ids, daily_site_stats, daily_site_path_counts, "
+                "daily_site_users, daily_site_visitors"
             )
 
         self.with_db(truncate)

@@ -41,6 +41,12 @@ class Settings:
     block_ms: int = 1000
     claim_min_idle_ms: int = 60_000
     claim_interval_ms: int = 5_000
+    # An entry delivered more often than this without being stored is dead-lettered.
+    max_deliveries: int = 5
+    # How often a processor trims acknowledged entries and keeps partitions ahead.
+    maintenance_interval_ms: int = 5_000
+    # Drop the monthly partitions of `events` older than this many days (0: keep all).
+    retention_days: int = 0
     redis_timeout_ms: int = 500
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 500

@@ -1,29 +1,83 @@
 """The consumer loop: read a batch from the group, store it, then acknowledge it.
 
 Acknowledging only after the commit gives at-least-once delivery; the idempotent store
-(see store.py) turns that into exactly-once figures. Entries that a stopped consumer
-left pending are taken over with XAUTOCLAIM once idle long enough.
+(see store.py) turns that into exactly-once figures. Around that core:
+
+- the next batch is read while the current one is written, when there is a backlog;
+- PostgreSQL or Redis unavailable: the batch in hand is kept and retried with capped
+  exponential backoff, acknowledging nothing, and failures are logged once per interval;
+- an entry the database rejects is isolated by splitting the batch, and dead-lettered
+  with the error; so is one delivered more than MAX_DELIVERIES times (it keeps killing
+  its consumers), so that no entry blocks the stream;
+- entries that a stopped consumer left pending are taken over with XAUTOCLAIM;
+- stopping (SIGTERM, SIGINT) finishes, commits and acknowledges the batch in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import time
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from common.config import Settings
-from processor.decode import DecodedBatch, Entry, decode_entries
-from processor.store import store_rows
+from processor import maintenance
+from processor.decode import DecodedBatch, Entry, Row, decode_entries
+from processor.maintenance import parse_id
+from processor.store import EventStore, StoreResult
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError, TimeoutError)
+T = TypeVar("T")
+
+MAX_BACKOFF_S = 10.0
+LOG_EVERY_S = 30.0
+# Errors caused by the data of some row: isolate the row instead of retrying the batch.
+POISON = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+# Anything else from PostgreSQL or Redis is retried until it works or we stop.
+UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError, TimeoutError)
+
+
+class Stopping(Exception):
+    """Stop was requested while a batch could not be stored: leave it pending."""
+
+
+class FailureLog:
+    """Logs the first failure of a kind, then at most once per interval, then recovery."""
+
+    def __init__(self, what: str):
+        self._what = what
+        self._failures = 0
+        self._last_logged = 0.0
+
+    def failed(self, exc: BaseException, delay: float) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1 or now - self._last_logged >= LOG_EVERY_S:
+            self._last_logged = now
+            logger.error(
+                "%s failed (%d attempts so far), retrying in %.1f s: %r",
+                self._what,
+                self._failures,
+                delay,
+                exc,
+            )
+
+    def succeeded(self) -> None:
+        if self._failures:
+            logger.warning("%s works again after %d failed attempts", self._what, self._failures)
+            self._failures = 0
 
 
 class StreamProcessor:
@@ -31,14 +85,17 @@ class StreamProcessor:
         self._settings = settings
         self._redis = client
         self._pool = pool
+        self._store = EventStore(pool)
         self._stream = settings.stream_key
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
+        self._stop = asyncio.Event()
+        self._failure_logs: dict[str, FailureLog] = {}
         self.entries_processed = 0
         self.first_batch_at: float | None = None  # perf_counter() when the first batch began
 
     async def ensure_group(self) -> None:
-        """Create the consumer group from the stream's start, so nothing enqueued earlier is skipped."""
+        """Create the group from the stream's start, so nothing enqueued earlier is skipped."""
         try:
             await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
             logger.info("created consumer group %s on %s", self._group, self._stream)
@@ -48,42 +105,55 @@ class StreamProcessor:
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Process until `stop` is set, or, with `drain`, until no entry is left to read."""
-        await self.ensure_group()
+        self._stop = stop
+        await self._retrying("creating the consumer group", self.ensure_group)
         loop = asyncio.get_running_loop()
-        next_claim = loop.time()
+        next_claim = next_maintenance = loop.time()
         # After a restart under the same name, entries delivered to us before come first.
         reread_own = True
-        failures = 0
-        while not stop.is_set():
-            try:
+        prefetched: asyncio.Task[list[Entry]] | None = None
+        try:
+            while True:
+                if stop.is_set():
+                    if prefetched is not None:  # already delivered to us: finish it too
+                        await self.process(await prefetched)
+                    break
+                if loop.time() >= next_maintenance:
+                    await self._maintain()
+                    next_maintenance = loop.time() + self._settings.maintenance_interval_ms / 1000
                 if loop.time() >= next_claim:
-                    await self.claim_abandoned()
+                    await self._retrying("claiming abandoned entries", self.claim_abandoned)
                     next_claim = loop.time() + self._settings.claim_interval_ms / 1000
-                entries = await self._read(
-                    "0" if reread_own else ">", block=not (drain or reread_own)
-                )
+                if prefetched is not None:
+                    entries, prefetched = await prefetched, None
+                else:
+                    read = functools.partial(
+                        self._read, "0" if reread_own else ">", block=not drain
+                    )
+                    entries = await self._retrying("reading the stream", read)
                 if not entries:
                     if reread_own:
                         reread_own = False
                         continue
                     if drain:
-                        return
+                        break
                     continue
-                await self.process(entries)
-                failures = 0
-            except _FAILURES as exc:
-                failures += 1
-                delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
-                logger.error(
-                    "processing failed (attempt %d), retrying in %.1fs: %r", failures, delay, exc
-                )
-                reread_own = True  # the failed batch is still pending to us
-                await _sleep_unless(stop, delay)
+                if not reread_own and len(entries) == self._settings.batch_size:
+                    # A backlog: read the next batch while this one is written.
+                    prefetch = functools.partial(self._read, ">", block=False)
+                    prefetched = asyncio.create_task(self._retrying("reading the stream", prefetch))
+                await self.process(entries, redelivered=reread_own)
+        except Stopping:
+            if prefetched is not None:  # read but not processed: stays pending to us
+                prefetched.cancel()
+                await asyncio.gather(prefetched, return_exceptions=True)
+        if drain:
+            await self._maintain()
 
     async def claim_abandoned(self) -> int:
         """Take over and process entries idle in other consumers' pending lists."""
         claimed = 0
-        start = b"0-0"
+        start: bytes = b"0-0"
         while True:
             start, entries, _deleted = await self._redis.xautoclaim(
                 self._stream,
@@ -95,31 +165,32 @@ class StreamProcessor:
             )
             if entries:
                 logger.info("claimed %d abandoned entries", len(entries))
-                await self.process(entries)
+                await self.process(entries, redelivered=True)
                 claimed += len(entries)
             if start == b"0-0":
                 return claimed
 
-    async def process(self, entries: list[Entry]) -> DecodedBatch:
+    async def process(self, entries: list[Entry], *, redelivered: bool = False) -> DecodedBatch:
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
         batch = decode_entries(entries)
+        undecodable = len(batch.rejected)
+        rows, row_ids = batch.rows, batch.row_ids
+        if redelivered and rows:
+            rows, row_ids = await self._drop_over_delivered(batch)
         decoded_at = time.perf_counter()
-        inserted = 0
-        if batch.rows:
-            async with self._pool.acquire() as conn:
-                result = await store_rows(conn, batch.rows)
-            inserted = result.inserted
+        result = await self._store_isolating(rows, row_ids, batch.rejected)
         stored_at = time.perf_counter()
-        await self._acknowledge(batch)
+        fields = dict(entries)
+        await self._retrying("acknowledging", lambda: self._acknowledge(batch, fields))
         acknowledged_at = time.perf_counter()
         self.entries_processed += len(entries)
         logger.info(
             "batch: %d entries, %d new rows, %d duplicates, %d rejected, %.1f ms",
             len(entries),
-            inserted,
-            len(batch.rows) - inserted,
+            result.inserted,
+            len(batch.rows) - result.inserted - (len(batch.rejected) - undecodable),
             len(batch.rejected),
             (acknowledged_at - started) * 1000,
         )
@@ -131,27 +202,78 @@ class StreamProcessor:
         )
         return batch
 
-    async def _read(self, start_id: str, *, block: bool) -> list[Entry]:
-        response = await self._redis.xreadgroup(
-            self._group,
-            self._consumer,
-            {self._stream: start_id},
-            count=self._settings.batch_size,
-            block=self._settings.block_ms if block else None,
+    async def _store_isolating(
+        self, rows: list[Row], row_ids: list[bytes], rejected: dict[bytes, str]
+    ) -> StoreResult:
+        """Store the rows; a row the database refuses is added to `rejected`, its
+        neighbours stored: the batch is split in halves until the bad rows stand alone."""
+        if not rows:
+            return StoreResult(0, 0)
+        try:
+            return await self._retrying("storing a batch", lambda: self._store.store(rows))
+        except POISON as exc:
+            if len(rows) == 1:
+                rejected[row_ids[0]] = f"refused by the database: {exc!r}"
+                return StoreResult(0, 0)
+            middle = len(rows) // 2
+            first = await self._store_isolating(rows[:middle], row_ids[:middle], rejected)
+            second = await self._store_isolating(rows[middle:], row_ids[middle:], rejected)
+            return StoreResult(first.inserted + second.inserted, first.new_users + second.new_users)
+
+    async def _drop_over_delivered(self, batch: DecodedBatch) -> tuple[list[Row], list[bytes]]:
+        """Move entries delivered more than MAX_DELIVERIES times to `rejected`."""
+        ids = batch.row_ids
+        first, last = min(ids, key=parse_id), max(ids, key=parse_id)
+        details = await self._retrying(
+            "reading delivery counts",
+            lambda: self._redis.xpending_range(
+                self._stream,
+                self._group,
+                min=first,
+                max=last,
+                count=len(ids) + self._settings.batch_size,
+                consumername=self._consumer,
+            ),
         )
+        counts = {d["message_id"]: int(d["times_delivered"]) for d in details}
+        limit = self._settings.max_deliveries
+        keep = [i for i, entry_id in enumerate(ids) if counts.get(entry_id, 0) <= limit]
+        for entry_id in ids:
+            if counts.get(entry_id, 0) > limit:
+                batch.rejected[entry_id] = (
+                    f"delivered {counts[entry_id]} times without being stored"
+                )
+        return [batch.rows[i] for i in keep], [ids[i] for i in keep]
+
+    async def _read(self, start_id: str, *, block: bool) -> list[Entry]:
+        try:
+            response = await self._redis.xreadgroup(
+                self._group,
+                self._consumer,
+                {self._stream: start_id},
+                count=self._settings.batch_size,
+                block=self._settings.block_ms if block else None,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the group (restarted without persistence): make it again.
+            await self.ensure_group()
+            return []
         if not response:
             return []
         # RESP2 shape (redis-py's default): [[stream, [(id, fields), ...]]]
         entries: list[Entry] = cast(Any, response)[0][1]
         return entries
 
-    async def _acknowledge(self, batch: DecodedBatch) -> None:
-        """Dead-letter the rejected entries and acknowledge the batch, atomically, in one round trip."""
+    async def _acknowledge(self, batch: DecodedBatch, fields: dict[bytes, Any]) -> None:
+        """Dead-letter the rejected entries and acknowledge the batch, atomically, in one
+        round trip: a crash cannot dead-letter an entry twice or lose one."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            for entry_id, fields, reason in batch.rejected:
+            for entry_id, reason in batch.rejected.items():
                 logger.warning("dead-lettering entry %s: %s", entry_id.decode(), reason)
                 dead_letter: dict[Any, Any] = {
-                    **fields,
+                    **(fields.get(entry_id) or {}),
                     b"dead_letter_source_id": entry_id,
                     b"dead_letter_reason": reason,
                 }
@@ -159,9 +281,48 @@ class StreamProcessor:
             pipe.xack(self._stream, self._group, *batch.entry_ids)
             await pipe.execute()
 
+    async def _maintain(self) -> None:
+        """Trim the stream, keep partitions ahead, apply retention: failures only logged."""
+        try:
+            removed = await maintenance.trim_stream(self._redis, self._stream)
+            if removed:
+                logger.debug("trimmed %d acknowledged entries", removed)
+            async with self._pool.acquire() as conn:
+                await maintenance.keep_partitions_ahead(conn, self._store)
+                if self._settings.retention_days:
+                    await maintenance.apply_retention(conn, self._settings.retention_days)
+        except UNAVAILABLE as exc:
+            logger.warning("maintenance failed, will try again: %r", exc)
 
-async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` until it works; on failure back off (capped, jittered). POISON
+        errors are the caller's to handle; a stop request ends the retries (Stopping)."""
+        log = self._failure_logs.setdefault(what, FailureLog(what))
+        failures = 0
+        while True:
+            try:
+                result = await attempt()
+            except POISON:
+                raise
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # Another processor won a race for the same rows: try again at once.
+                logger.debug("%s: %r, retrying", what, exc)
+                await asyncio.sleep(random.uniform(0, 0.05))
+                continue
+            except UNAVAILABLE as exc:
+                failures += 1
+                delay = min(MAX_BACKOFF_S, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
+                log.failed(exc, delay)
+                if await _stopped_within(self._stop, delay):
+                    raise Stopping from exc
+                continue
+            log.succeeded()
+            return result
+
+
+async def _stopped_within(stop: asyncio.Event, delay: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), delay)
     except TimeoutError:
-        pass
+        return False
+    return True

@@ -57,20 +57,24 @@ class UndecodableEntry(ValueError):
 class DecodedBatch:
     entry_ids: list[bytes]  # every entry of the batch, to acknowledge once handled
     rows: list[Row]
-    rejected: list[tuple[bytes, dict[bytes, bytes], str]]  # (entry id, fields, reason)
+    row_ids: list[bytes]  # the entry id of each row
+    rejected: dict[bytes, str]  # entry id: why it can never be stored
 
 
 def decode_entries(entries: list[Entry]) -> DecodedBatch:
     rows: list[Row] = []
-    rejected: list[tuple[bytes, dict[bytes, bytes], str]] = []
+    row_ids: list[bytes] = []
+    rejected: dict[bytes, str] = {}
     for entry_id, fields in entries:
         if not fields:
             continue  # deleted from the stream while pending: nothing left to store
         try:
             rows.append(decode_event(fields))
         except UndecodableEntry as exc:
-            rejected.append((entry_id, fields, str(exc)))
-    return DecodedBatch([entry_id for entry_id, _ in entries], rows, rejected)
+            rejected[entry_id] = str(exc)
+        else:
+            row_ids.append(entry_id)
+    return DecodedBatch([entry_id for entry_id, _ in entries], rows, row_ids, rejected)
 
 
 def decode_event(fields: dict[bytes, bytes]) -> Row:

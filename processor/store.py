@@ -1,14 +1,15 @@
 """Writing one batch: COPY into staging, then one set-based statement, in one transaction.
 
-Only events newly inserted into `events` reach the aggregates, so a redelivered batch
-(committed, then not acknowledged before a crash) finds its event_ids stored already
-and changes nothing. Every multi-row write goes in key order, so that processors
+Only events whose event_id is new to `event_ids` are inserted into `events` and reach
+the aggregates, so a redelivered batch (committed, then not acknowledged before a crash)
+finds its event_ids stored already and changes nothing. Every multi-row write goes in key order, so that processors
 writing at the same time take row locks in the same order and cannot deadlock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import date
 
 import asyncpg
 
@@ -32,14 +33,24 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
 """
 
 _COLUMN_LIST = ", ".join(f'"{column}"' for column in COLUMNS)
+_STAGED_COLUMNS = ", ".join(f's."{column}"' for column in COLUMNS)
 
 STORE_STAGED = f"""
-WITH inserted AS (
-    INSERT INTO events ({_COLUMN_LIST})
-    SELECT {_COLUMN_LIST}
+WITH new_ids AS (
+    -- The idempotency check: only event_ids never stored before go on.
+    INSERT INTO event_ids (event_id, date)
+    SELECT DISTINCT ON (event_id) event_id, ("timestamp" AT TIME ZONE 'UTC')::date
     FROM {STAGING_TABLE}
     ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+),
+inserted AS (
+    INSERT INTO events ({_COLUMN_LIST})
+    -- DISTINCT ON: a batch may hold the same event twice (a client's retry).
+    SELECT DISTINCT ON (s.event_id) {_STAGED_COLUMNS}
+    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id)
+    ORDER BY s.event_id
     RETURNING site_id, event_type, path, user_id, visitor_id,
         ("timestamp" AT TIME ZONE 'UTC')::date AS date
 ),
@@ -96,6 +107,42 @@ SELECT (SELECT count(*) FROM inserted) AS inserted,
 class StoreResult:
     inserted: int  # rows new to `events`; the rest were stored before (duplicates)
     new_users: int  # users and visitors new to their site and day
+
+
+class EventStore:
+    """Stores batches, creating the monthly partitions of `events` they need first.
+
+    Partitions known to exist are remembered; one dropped meanwhile by retention (in any
+    process) shows as a missing partition, which clears the memory and retries once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+        self._months: set[date] = set()
+
+    async def store(self, rows: list[Row]) -> StoreResult:
+        async with self._pool.acquire() as conn:
+            for attempt in (1, 2):
+                await self._ensure_partitions(conn, rows)
+                try:
+                    return await store_rows(conn, rows)
+                except asyncpg.CheckViolationError as exc:
+                    if attempt == 2 or "no partition" not in str(exc):
+                        raise
+                    self._months.clear()
+        raise AssertionError("unreachable")
+
+    async def ensure_months(self, conn: asyncpg.Connection, months: set[date]) -> None:
+        missing = months - self._months
+        if missing:
+            await conn.execute(ENSURE_PARTITIONS, sorted(missing))
+            self._months |= missing
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[Row]) -> None:
+        await self.ensure_months(conn, {date(row[5].year, row[5].month, 1) for row in rows})
+
+
+ENSURE_PARTITIONS = "SELECT ensure_events_partition(month) FROM unnest($1::date[]) AS month"
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:

@@ -32,7 +32,14 @@ from processor.store import prepare_connection
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
-TABLES = ("events", "daily_site_stats", "daily_site_path_counts", "daily_site_users")
+TABLES = (
+    "events",
+    "event_ids",
+    "daily_site_stats",
+    "daily_site_path_counts",
+    "daily_site_users",
+    "daily_site_visitors",
+)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ def test_an_ingested_event_becomes_its_row() -> None:
     event = valid_event(timestamp="2024-05-01T12:00:00.5Z")
     batch = decode_entries([entry(b"1-0", event)])
     assert batch.entry_ids == [b"1-0"]
-    assert batch.rejected == []
+    assert batch.rejected == {}
+    assert batch.row_ids == [b"1-0"]
     assert batch.rows == [
         (
             uuid.UUID(str(event["event_id"])),
@@ -66,7 +67,7 @@ def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
     batch = decode_entries([(b"1-0", None), (b"2-0", {})])
     assert batch.entry_ids == [b"1-0", b"2-0"]
     assert batch.rows == []
-    assert batch.rejected == []
+    assert batch.rejected == {}
 
 
 @pytest.mark.parametrize(
@@ -93,5 +94,6 @@ def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, byt
         [entry(b"1-0", valid_event()), (b"2-0", fields), entry(b"3-0", valid_event())]
     )
     assert batch.entry_ids == [b"1-0", b"2-0", b"3-0"]
+    assert batch.row_ids == [b"1-0", b"3-0"]
     assert len(batch.rows) == 2
-    assert [(entry_id, reason != "") for entry_id, _, reason in batch.rejected] == [(b"2-0", True)]
+    assert list(batch.rejected) == [b"2-0"] and batch.rejected[b"2-0"] != ""

@@ -15,7 +15,7 @@ from common.config import Settings
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
 from processor.decode import decode_entries
-from processor.store import store_rows
+from processor.store import EventStore
 from tests import datasets
 from tests.conftest import ROOT, drain, make_processor, settings_env
 
@@ -61,8 +61,7 @@ async def test_a_committed_but_unacknowledged_batch_changes_nothing_when_redeliv
 
     # The consumer stores a batch and dies between COMMIT and XACK.
     entries = await read_as(redis_client, settings, "crashed", 700)
-    async with db.acquire() as conn:
-        await store_rows(conn, decode_entries(entries).rows)
+    await EventStore(db).store(decode_entries(entries).rows)
     committed = await figures(db)
     assert committed[0] == 700
 
@@ -88,8 +87,7 @@ async def test_the_redelivered_batch_alone_adds_nothing(
     processor = make_processor(settings, redis_client, db, consumer_name="crashed")
     await processor.ensure_group()
     entries = await read_as(redis_client, settings, "crashed", 400)
-    async with db.acquire() as conn:
-        await store_rows(conn, decode_entries(entries).rows)
+    await EventStore(db).store(decode_entries(entries).rows)
     committed = await figures(db)
 
     await processor.run(asyncio.Event(), drain=True)

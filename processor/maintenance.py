@@ -1,0 +1,72 @@
+"""Housekeeping the processors do now and then: bounded Redis, partitions, retention.
+
+- Trim: acknowledged entries are removed from the stream up to the oldest entry that
+  any consumer group still has pending or not yet delivered (XTRIM MINID), so Redis
+  holds the backlog, not the history. Never MAXLEN: that could drop unread entries.
+- Partitions: the current and the next month of `events` exist before they are needed.
+- Retention: with RETENTION_DAYS, whole monthly partitions older than it are dropped.
+
+Any number of processors may run this at once: each step is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from processor.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, _, sequence = text.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+async def trim_floor(client: redis.Redis, stream_key: str) -> tuple[int, int] | None:
+    """The oldest entry id any consumer group still needs; None when there is no group."""
+    try:
+        groups = await client.xinfo_groups(stream_key)
+    except ResponseError:  # no such stream
+        return None
+    floor: tuple[int, int] | None = None
+    for group in groups:
+        if int(group["pending"]) > 0:
+            summary = await client.xpending(stream_key, group["name"])
+            needed = parse_id(summary["min"])
+        else:  # everything up to the last delivered entry is acknowledged
+            millis, sequence = parse_id(group["last-delivered-id"])
+            needed = (millis, sequence + 1)
+        floor = needed if floor is None else min(floor, needed)
+    return floor
+
+
+async def trim_stream(client: redis.Redis, stream_key: str) -> int:
+    """Remove acknowledged entries; returns how many went."""
+    floor = await trim_floor(client, stream_key)
+    if floor is None:
+        return 0
+    removed = await client.xtrim(stream_key, minid=f"{floor[0]}-{floor[1]}")
+    return int(removed)
+
+
+async def keep_partitions_ahead(conn: asyncpg.Connection, store: EventStore) -> None:
+    today = datetime.now(UTC).date()
+    this_month = today.replace(day=1)
+    next_month = (this_month + timedelta(days=32)).replace(day=1)
+    await store.ensure_months(conn, {this_month, next_month})
+
+
+async def apply_retention(conn: asyncpg.Connection, retention_days: int) -> list[str]:
+    cutoff: date = datetime.now(UTC).date() - timedelta(days=retention_days)
+    rows = await conn.fetch("SELECT drop_events_partitions_before($1) AS name", cutoff)
+    dropped = [row["name"] for row in rows]
+    if dropped:
+        logger.info("retention: dropped %s (events before %s)", ", ".join(dropped), cutoff)
+    return dropped
