@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,7 +13,8 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
-from tests.conftest import drain, free_port
+from tests.conftest import drain
+from tests.servers import PrivateRedis
 
 EVENT = {"site_id": "s", "event_type": "page_view", "user_id": "u"}
 
@@ -53,60 +52,13 @@ async def test_a_backlog_over_the_limit_gets_503_until_it_is_drained(
             await asyncio.sleep(0.05)
 
 
-class PrivateRedis:
-    """A redis-server of the test's own, on a free port, that the test may kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = tempfile.TemporaryDirectory()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._directory.name,
-        ]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-    async def wait_until_up(self) -> None:
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except (redis.RedisError, OSError):
-                    assert time.monotonic() < deadline, "private redis-server did not start"
-                    await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     server = PrivateRedis()
     try:
         yield server
     finally:
-        server.kill()
-        server._directory.cleanup()
+        server.close()
 
 
 async def test_redis_down_gives_503_quickly_and_the_server_recovers_by_itself(

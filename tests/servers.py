@@ -1,0 +1,121 @@
+"""Private Redis and PostgreSQL servers that a test starts, kills and restarts itself."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import asyncpg
+import redis.asyncio as redis
+
+from tests.conftest import free_port
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port; with `durable`, an append-only
+    file fsynced on every write, so that a killed server comes back with all it confirmed."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = tempfile.TemporaryDirectory()
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
+        self._command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", self._directory.name, *(persistence or ["--appendonly", "no"]),
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    async def wait_until_up(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except (redis.RedisError, OSError):
+                    assert time.monotonic() < deadline, "private redis-server did not start"
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    def close(self) -> None:
+        self.kill()
+        self._directory.cleanup()
+
+
+def _pg_bindir() -> str:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if shutil.which("pg_config"):
+        candidates.append(
+            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        )
+    for bindir in reversed(candidates):
+        if os.path.exists(os.path.join(bindir, "initdb")):
+            return bindir
+    raise RuntimeError("PostgreSQL's initdb is not installed")
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a temporary folder, trust auth)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._bindir = _pg_bindir()
+        self._directory = tempfile.mkdtemp(prefix="pg-")
+        self._data = os.path.join(self._directory, "data")
+        if os.getuid() == 0:  # PostgreSQL refuses to run as root: its own user runs it
+            shutil.chown(self._directory, "postgres")
+        self._as_owner(["initdb", "-D", self._data, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+
+    def _as_owner(self, command: list[str]) -> None:
+        tool = [os.path.join(self._bindir, command[0]), *command[1:]]
+        if os.getuid() == 0:
+            tool = ["runuser", "-u", "postgres", "--", *tool]
+        subprocess.run(tool, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _pg_ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self._directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_owner(["pg_ctl", "-D", self._data, "-o", options, "-w", *args])
+
+    def start(self) -> None:
+        self._pg_ctl("-l", os.path.join(self._directory, "server.log"), "start")
+
+    def restart_immediately(self) -> None:
+        """A crash-like restart: connections are cut, nothing shuts down cleanly."""
+        self._pg_ctl("-m", "immediate", "restart")
+
+    def close(self) -> None:
+        try:
+            self._pg_ctl("-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass  # not running
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    async def wait_until_up(self) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = await asyncpg.connect(self.url, timeout=1)
+            except (OSError, asyncpg.PostgresError):
+                assert time.monotonic() < deadline, "private PostgreSQL did not start"
+                await asyncio.sleep(0.1)
+            else:
+                await conn.close()
+                return

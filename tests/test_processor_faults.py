@@ -1,0 +1,374 @@
+"""Fault injection: processors as real processes over a data set with known answers.
+
+Killed with SIGKILL at random moments, many times, one or several at once; PostgreSQL
+restarted; Redis killed and restarted from its append-only file. After each, every
+aggregate equals the known answer, `events` holds each event_id once, nothing is
+pending, and the stream is trimmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as redis
+
+from common.config import Settings
+from common.constants import EVENT_FIELD
+from common.migrate import prepare_database
+from ingest.validation import parse_event
+from processor.maintenance import apply_retention
+from tests import datasets
+from tests.conftest import ROOT, drain, make_processor, settings_env
+from tests.servers import PrivatePostgres, PrivateRedis
+
+NOW = time.time_ns() // 1000
+
+# Fast takeover and housekeeping, so that a run with many kills ends in seconds.
+FAULT_SETTINGS = {
+    "batch_size": 500,
+    "block_ms": 100,
+    "claim_min_idle_ms": 500,
+    "claim_interval_ms": 200,
+    "maintenance_interval_ms": 200,
+}
+
+
+@dataclasses.dataclass
+class Scenario:
+    settings: Settings
+    events: list[dict[str, object]]
+    expected: datasets.Expected
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        env = settings_env(dataclasses.replace(self.settings, consumer_name=name))
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "processor"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        log.close()
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def stop_all(self) -> None:
+        for name, process in list(self.processes.items()):
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0, f"{name} did not exit cleanly"
+            del self.processes[name]
+
+    def kill_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name)
+
+    def log_text(self) -> str:
+        return "".join(path.read_text(errors="replace") for path in self.log_dir.glob("*.log"))
+
+
+async def enqueue(client: redis.Redis, stream_key: str, events: list[dict[str, object]]) -> None:
+    for start in range(0, len(events), 5_000):
+        async with client.pipeline(transaction=False) as pipe:
+            for event in events[start : start + 5_000]:
+                payload = orjson.dumps(parse_event(orjson.dumps(event), NOW))
+                pipe.xadd(stream_key, {EVENT_FIELD: payload})
+            await pipe.execute()
+
+
+async def backlog(client: redis.Redis, settings: Settings) -> int:
+    try:
+        groups = await client.xinfo_groups(settings.stream_key)
+    except redis.ResponseError:
+        return -1
+    for group in groups:
+        if group["name"].decode() == settings.consumer_group:
+            return int(group["pending"]) + int(group["lag"] or 0)
+    return -1  # no processor has created the group yet
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.1)
+
+
+async def assert_exact(scenario: Scenario, client: redis.Redis, pool: asyncpg.Pool) -> None:
+    """The known answer, each event once, nothing pending, and the stream trimmed."""
+    settings, expected = scenario.settings, scenario.expected
+    assert await pool.fetchval("SELECT count(*) FROM events") == expected.stored_events
+    assert (
+        await pool.fetchval("SELECT count(DISTINCT event_id) FROM events") == expected.stored_events
+    )
+    assert await pool.fetchval("SELECT count(*) FROM event_ids") == expected.stored_events
+    stats = {
+        (r["site_id"], r["date"]): (r["total_views"], r["unique_users"])
+        for r in await pool.fetch("SELECT * FROM daily_site_stats")
+    }
+    # Enqueued directly, without the edge: anonymous events get no visitor id.
+    assert stats == {
+        key: (
+            expected.views[key],
+            len({u for u in expected.users.get(key, ()) if isinstance(u, str)}),
+        )
+        for key in expected.site_days()
+    }
+    paths = {
+        (r["site_id"], r["date"], r["path"]): r["views"]
+        for r in await pool.fetch("SELECT * FROM daily_site_path_counts")
+    }
+    assert paths == dict(expected.paths)
+    pending = await client.xpending(settings.stream_key, settings.consumer_group)
+    assert pending["pending"] == 0
+    assert await client.xlen(settings.stream_key) == 0, "acknowledged entries were not trimmed"
+
+
+@pytest.fixture
+def scenario_factory(tmp_path: Path) -> Iterator[list[Scenario]]:
+    made: list[Scenario] = []
+    yield made
+    for scenario in made:
+        scenario.kill_all()
+
+
+def new_scenario(made: list[Scenario], settings: Settings, count: int, tmp_path: Path) -> Scenario:
+    events, expected = datasets.generate(count, seed=len(made) + 21, resend_share=0.02)
+    scenario = Scenario(dataclasses.replace(settings, **FAULT_SETTINGS), events, expected, tmp_path)
+    made.append(scenario)
+    return scenario
+
+
+@pytest.mark.parametrize("processors", [1, 2, 4])
+async def test_processors_killed_at_random_moments_leave_exact_figures(
+    processors: int,
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    scenario = new_scenario(scenario_factory, settings, 50_000, tmp_path)
+    await enqueue(redis_client, settings.stream_key, scenario.events)
+    rng = random.Random(processors)
+    names = [f"p{i}" for i in range(processors)]
+    for name in names:
+        scenario.start(name)
+
+    kills = 0
+    deadline = time.monotonic() + 120
+    while await backlog(redis_client, scenario.settings) != 0:
+        assert time.monotonic() < deadline, "the processors never caught up"
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
+        if kills < 12:
+            index = rng.randrange(len(names))
+            scenario.kill(names[index])  # SIGKILL: mid-batch, between commit and XACK, anywhere
+            kills += 1
+            # Half come back under the same name (re-reading what they held), half under
+            # a new one (what they held is taken over by XAUTOCLAIM).
+            if rng.random() < 0.5:
+                names[index] = f"p{index}-{kills}"
+            scenario.start(names[index])
+    await wait_until(
+        lambda: _trimmed(redis_client, settings.stream_key), 20, "the stream is trimmed"
+    )
+    scenario.stop_all()
+    assert kills >= 5, "the run ended before enough kills to mean anything"
+    await assert_exact(scenario, redis_client, db)
+
+
+async def _trimmed(client: redis.Redis, stream_key: str) -> bool:
+    return int(await client.xlen(stream_key)) == 0
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    try:
+        server.start()
+        await server.wait_until_up()
+        yield server
+    finally:
+        server.close()
+
+
+async def test_a_postgres_restart_is_survived_without_loss(
+    settings: Settings,
+    redis_client: redis.Redis,
+    private_postgres: PrivatePostgres,
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    database_url = private_postgres.url.rsplit("/", 1)[0] + "/analytics"
+    await prepare_database(database_url)
+    own = dataclasses.replace(settings, database_url=database_url)
+    scenario = new_scenario(scenario_factory, own, 20_000, tmp_path)
+    await enqueue(redis_client, settings.stream_key, scenario.events)
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+        scenario.start("survivor")
+        await wait_until(lambda: _stored_some(pool), 30, "the processor stored a first batch")
+        private_postgres.restart_immediately()
+        await private_postgres.wait_until_up()
+        await wait_until(
+            lambda: _all_done(redis_client, scenario.settings), 60, "the backlog is processed"
+        )
+        await wait_until(lambda: _trimmed(redis_client, settings.stream_key), 20, "trimmed")
+        scenario.stop_all()
+        await assert_exact(scenario, redis_client, pool)
+    # Failures, if the restart caught the processor mid-batch, are logged once per
+    # interval, not once per attempt or per batch.
+    assert scenario.log_text().count("failed (") <= 10
+
+
+async def _stored_some(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM events"))
+
+
+async def _all_done(client: redis.Redis, settings: Settings) -> bool:
+    return await backlog(client, settings) == 0
+
+
+async def test_a_redis_restart_from_its_append_only_file_is_survived(
+    settings: Settings,
+    db: asyncpg.Pool,
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    server = PrivateRedis(durable=True)
+    server.start()
+    try:
+        await server.wait_until_up()
+        own = dataclasses.replace(settings, redis_url=server.url)
+        scenario = new_scenario(scenario_factory, own, 20_000, tmp_path)
+        client = redis.Redis.from_url(server.url)
+        try:
+            await enqueue(client, settings.stream_key, scenario.events)
+            scenario.start("survivor")
+            await wait_until(lambda: _stored_some(db), 30, "the processor stored a first batch")
+            await client.aclose()
+            server.kill()
+            await asyncio.sleep(0.5)  # the processor sees Redis gone
+            server.start()
+            await server.wait_until_up()
+            client = redis.Redis.from_url(server.url)
+            await wait_until(lambda: _all_done(client, scenario.settings), 60, "processed")
+            await wait_until(lambda: _trimmed(client, settings.stream_key), 20, "trimmed")
+            scenario.stop_all()
+            await assert_exact(scenario, client, db)
+        finally:
+            await client.aclose()
+    finally:
+        server.close()
+
+
+async def test_poison_rejected_by_the_database_is_isolated_and_dead_lettered(
+    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    good = [{"site_id": "s", "event_type": "page_view", "path": f"/{i}"} for i in range(300)]
+    # Valid JSON that decodes into a row, but too large for the path index: PostgreSQL
+    # refuses it (program_limit_exceeded), and only it.
+    poison = parse_event(orjson.dumps(good[0]), NOW) | {"path": os.urandom(1500).hex()}
+    await enqueue(redis_client, settings.stream_key, good[:150])
+    poison_id = await redis_client.xadd(settings.stream_key, {EVENT_FIELD: orjson.dumps(poison)})
+    await enqueue(redis_client, settings.stream_key, good[150:])
+
+    await drain(settings, redis_client, db)
+
+    assert await db.fetchval("SELECT count(*) FROM events") == 300
+    assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == 300
+    [(_, fields)] = await redis_client.xrange(settings.dead_letter_key)
+    assert fields[b"dead_letter_source_id"] == poison_id
+    assert b"refused by the database" in fields[b"dead_letter_reason"]
+    assert (await redis_client.xpending(settings.stream_key, settings.consumer_group))[
+        "pending"
+    ] == 0
+
+
+async def test_an_entry_delivered_too_often_is_dead_lettered(
+    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    await enqueue(
+        redis_client, settings.stream_key, [{"site_id": "s", "event_type": "page_view"}] * 3
+    )
+    await make_processor(settings, redis_client, db).ensure_group()
+    entries = (
+        await redis_client.xreadgroup(
+            settings.consumer_group, settings.consumer_name, {settings.stream_key: ">"}, count=1
+        )
+    )[0][1]
+    [(killer_id, _)] = entries
+    # As if it had killed its consumer again and again: delivered max_deliveries times;
+    # the processor's own re-read is one delivery too many.
+    for _ in range(settings.max_deliveries - 1):
+        await redis_client.xclaim(
+            settings.stream_key, settings.consumer_group, settings.consumer_name, 0, [killer_id]
+        )
+
+    await drain(settings, redis_client, db)
+
+    assert await db.fetchval("SELECT count(*) FROM events") == 2
+    [(_, fields)] = await redis_client.xrange(settings.dead_letter_key)
+    assert fields[b"dead_letter_source_id"] == killer_id
+    assert b"delivered 6 times" in fields[b"dead_letter_reason"]
+
+
+async def test_the_stream_is_never_trimmed_past_a_pending_entry(
+    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    await enqueue(redis_client, settings.stream_key, [{"site_id": "s", "event_type": "e"}] * 100)
+    await make_processor(settings, redis_client, db).ensure_group()
+    await redis_client.xreadgroup(
+        settings.consumer_group, "holder", {settings.stream_key: ">"}, count=10
+    )
+    await drain(settings, redis_client, db)  # stores 90, trims what it can
+    # The ten still pending with "holder" are the oldest: nothing before them to trim.
+    assert await redis_client.xlen(settings.stream_key) == 100
+
+    quick = make_processor(settings, redis_client, db, claim_min_idle_ms=0)
+    await quick.claim_abandoned()
+    await drain(settings, redis_client, db)
+    assert await redis_client.xlen(settings.stream_key) == 0
+    assert await db.fetchval("SELECT count(*) FROM events") == 100
+
+
+async def test_retention_drops_old_partitions_and_keeps_aggregates(
+    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    events = [
+        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-01-15T10:00:00Z"},
+        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-02-15T10:00:00Z"},
+        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-03-15T10:00:00Z"},
+    ]
+    await enqueue(redis_client, settings.stream_key, events)
+    await drain(settings, redis_client, db)
+    partitions = {
+        r["relname"]
+        for r in await db.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'events'::regclass"
+        )
+    }
+    assert {"events_p202401", "events_p202402", "events_p202403"} <= partitions
+
+    async with db.acquire() as conn:
+        days = (time.time() - 1_709_251_200) // 86_400  # from 2024-03-01 to now
+        dropped = await apply_retention(conn, int(days))
+    assert {"events_p202401", "events_p202402"} <= set(dropped)
+    assert "events_p202403" not in dropped
+    assert await db.fetchval("SELECT count(*) FROM events") == 1
+    assert await db.fetchval("SELECT count(*) FROM event_ids") == 1
+    # Aggregates are kept.
+    assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == 3
