@@ -24,8 +24,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         paced = single["at_80_percent"]
         table.append(
             (
-                "   same, held at 80% of that rate",
-                f"{paced['requests_per_s']['median']:,.0f} req/s, p50 {paced['p50_ms']['median']:.2f} ms, "
+                "   same, paced by wrk at 80% of that rate",
+                f"{paced['requests_per_s']['median']:,.0f} req/s reached "
+                f"(of {paced['target_requests_per_s']:,.0f}), p50 {paced['p50_ms']['median']:.2f} ms, "
                 f"p99 {paced['p99_ms']['median']:.2f} ms",
                 "",
                 "",
