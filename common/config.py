@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
@@ -114,6 +115,15 @@ class Settings:
         if settings.batch_size < 1:
             raise ConfigError("BATCH_SIZE must be at least 1")
         return settings
+
+
+def settings_or_exit() -> Settings:
+    """Settings for a command's main(): a bad variable ends the process with status 2."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def redact_url(url: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from common import constants
-from common.config import ConfigError, Settings, redact_url
+from common.config import redact_url, settings_or_exit
 from common.logs import configure
 
 logger = logging.getLogger("common.migrate")  # also when run as __main__
@@ -93,11 +93,7 @@ async def prepare_database(database_url: str) -> list[str]:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        return 2
+    settings = settings_or_exit()
     configure(settings.log_level)
     try:
         applied = asyncio.run(prepare_database(settings.database_url))

@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from common.config import ConfigError, Settings, redact_url
+from common.config import Settings, redact_url, settings_or_exit
 
 HINT = """\
 {what} is not reachable at {url}: {error}
@@ -72,11 +72,7 @@ async def problems(settings: Settings) -> list[str]:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        return 2
+    settings = settings_or_exit()
     found = asyncio.run(problems(settings))
     for problem in found:
         sys.stderr.write(problem + "\n")

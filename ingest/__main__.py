@@ -5,7 +5,7 @@ import sys
 
 import uvicorn
 
-from common.config import ConfigError, Settings
+from common.config import settings_or_exit
 from common.logs import configure
 from ingest.app import create_app
 
@@ -13,11 +13,7 @@ logger = logging.getLogger("ingest")
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        return 2
+    settings = settings_or_exit()
     configure(settings.log_level)
     logger.info("starting with %r", settings)
     config = uvicorn.Config(

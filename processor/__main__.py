@@ -13,7 +13,7 @@ import asyncpg
 import redis.asyncio as redis
 import uvloop
 
-from common.config import ConfigError, Settings
+from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import prepare_database
 from processor.consumer import StreamProcessor
@@ -57,11 +57,7 @@ def main() -> int:
         "--drain", action="store_true", help="process everything in the stream, then exit"
     )
     args = parser.parse_args()
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        return 2
+    settings = settings_or_exit()
     configure(settings.log_level)
     logger.info("starting with %r", settings)
     uvloop.run(run(settings, drain=args.drain))

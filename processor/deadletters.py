@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.config import ConfigError, Settings, redact_url
+from common.config import Settings, redact_url, settings_or_exit
 from common.constants import EVENT_FIELD
 
 METADATA_PREFIX = b"dead_letter_"
@@ -429,11 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("replay", "purge") and args.all == bool(args.ids):
         parser.error(f"{args.command}: give either IDs or --all")
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        return 2
+    settings = settings_or_exit()
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
         return run_command(args, client, settings)
