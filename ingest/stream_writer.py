@@ -33,7 +33,8 @@ class StreamUnavailable(Exception):
 class StreamWriter:
     def __init__(self, pipe: RedisPipe, stream_key: str, ignored_key_prefix: str, timeout_s: float):
         self._pipe = pipe
-        self._stream_key = stream_key
+        # Every XADD differs only in its last argument: pack the rest once (RESP framing).
+        self._xadd_prefix = pack("XADD", stream_key, "*", EVENT_FIELD, b"")[: -len(b"$0\r\n\r\n")]
         self._ignored_key_prefix = ignored_key_prefix
         self._timeout_s = timeout_s
         self._pending: list[_Waiter] = []
@@ -71,8 +72,9 @@ class StreamWriter:
             self._flusher = None
 
     async def _flush(self, batch: list[_Waiter], ignored: Counter[tuple[str, str]]) -> None:
+        prefix = self._xadd_prefix
         commands = [
-            pack("XADD", self._stream_key, "*", EVENT_FIELD, payload)
+            b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload)
             for payloads, _ in batch
             for payload in payloads
         ]

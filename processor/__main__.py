@@ -27,6 +27,7 @@ async def run(settings: Settings, *, drain: bool) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)  # only a flag: the loop finishes its batch
+    logger.info("starting with %r", settings)
 
     await prepare_database(settings.database_url)
     # Blocking reads must end before the socket times out.
@@ -59,7 +60,6 @@ def main() -> int:
     args = parser.parse_args()
     settings = settings_or_exit()
     configure(settings.log_level)
-    logger.info("starting with %r", settings)
     uvloop.run(run(settings, drain=args.drain))
     return 0
 

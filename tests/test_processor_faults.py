@@ -52,14 +52,16 @@ class Scenario:
     expected: datasets.Expected
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    logs: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def start(self, name: str) -> None:
         env = settings_env(dataclasses.replace(self.settings, consumer_name=name))
-        log = (self.log_dir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "processor"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-        log.close()
+        path = self.log_dir / f"{name}-{len(list(self.log_dir.glob('*.log')))}.log"
+        with path.open("wb") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "processor"], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+        self.logs[name] = path
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -67,6 +69,13 @@ class Scenario:
         process.wait()
 
     def stop_all(self) -> None:
+        # A process still importing has no signal handler yet: SIGTERM would simply kill
+        # it. Wait until each one has started (it logs its settings just before).
+        deadline = time.monotonic() + 20
+        for name in self.processes:
+            while "starting with" not in self.logs[name].read_text(errors="replace"):
+                assert time.monotonic() < deadline, f"{name} never started"
+                time.sleep(0.05)
         for name, process in list(self.processes.items()):
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0, f"{name} did not exit cleanly"
