@@ -15,7 +15,6 @@ EVENT_FIELD = b"event"
 
 PAGE_VIEW = "page_view"
 
-EVENTS_TABLE = "events"
 STAGING_TABLE = "event_staging"
 MIGRATIONS_TABLE = "schema_migrations"
 
