@@ -32,7 +32,8 @@ class WrkResult:
 
     @property
     def rate(self) -> float:
-        return self.requests / self.duration_s
+        """Successful (2xx) requests per second: errors never count as throughput."""
+        return (self.requests - self.non_2xx) / self.duration_s
 
 
 def ensure_installed() -> str:
