@@ -75,8 +75,12 @@ class _IngestEndpoint:
                 check_content_type(scope)
                 body = await read_body(scope, receive, self._max_body_bytes)
             status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
-            if events and not await intake.submit(events, self._clients.resolve(scope)):
-                answer = IGNORED
+            if events:
+                written = intake.submit(events, self._clients.resolve(scope))
+                if written is None:
+                    answer = IGNORED
+                else:
+                    await written
         except RequestError as exc:
             await send_json(send, exc.status, exc.body, cors)
         except Overloaded:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -36,24 +37,34 @@ class Intake:
         if self.backlog.exceeded:
             raise Overloaded
 
-    async def submit(self, events: list[dict[str, Any]], client: ClientInfo) -> bool:
-        """Enrich and append the events; False when they were ignored (a bot sent them)."""
+    def submit(self, events: list[dict[str, Any]], client: ClientInfo) -> Awaitable[None] | None:
+        """Enrich and append the events: the awaitable is done once Redis has them; None
+        when they were ignored (a bot sent them). Not a coroutine on the common path, so
+        that a request suspends on the write itself and nothing else."""
         if is_bot(client.user_agent):
             self.writer.count_ignored([event["site_id"] for event in events])
-            return False
-        if any(event["user_id"] is None for event in events):
-            try:
-                await self.visitors.ready()
-            except (RedisError, OSError) as exc:
-                raise StreamUnavailable(repr(exc)) from exc
-            for event in events:
-                if event["user_id"] is None:
-                    event["visitor_id"] = self.visitors.visitor_id(
-                        event["site_id"], client.ip, client.user_agent
-                    )
+            return None
+        if any(event["user_id"] is None for event in events) and not self.visitors.is_ready():
+            return self._submit_after_loading_salt(events, client)
+        return self._append(events, client)
+
+    async def _submit_after_loading_salt(
+        self, events: list[dict[str, Any]], client: ClientInfo
+    ) -> None:
+        try:
+            await self.visitors.ready()
+        except (RedisError, OSError) as exc:
+            raise StreamUnavailable(repr(exc)) from exc
+        await self._append(events, client)
+
+    def _append(self, events: list[dict[str, Any]], client: ClientInfo) -> Awaitable[None]:
+        for event in events:
+            if event["user_id"] is None:
+                event["visitor_id"] = self.visitors.visitor_id(
+                    event["site_id"], client.ip, client.user_agent
+                )
         if self.store_client_info:
             for event in events:
                 event["client_ip"] = client.ip or None
                 event["user_agent"] = client.user_agent or None
-        await self.writer.append([orjson.dumps(event) for event in events])
-        return True
+        return self.writer.append([orjson.dumps(event) for event in events])

@@ -41,13 +41,15 @@ class StreamWriter:
         self._ignored: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
 
-    async def append(self, payloads: list[bytes]) -> None:
-        """Append encoded events; returns once Redis has all of them, else StreamUnavailable."""
+    def append(self, payloads: list[bytes]) -> asyncio.Future[None]:
+        """Queue encoded events for the next write; the future is done once Redis has all of
+        them, or fails with StreamUnavailable. (A plain function returning the future, not
+        a coroutine: one frame less to suspend and resume on every request.)"""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((payloads, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_while_pending())
-        await future
+        return future
 
     def count_ignored(self, site_ids: list[str]) -> None:
         """Count events ignored at the edge; sent with the next write, best effort."""

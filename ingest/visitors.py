@@ -28,6 +28,10 @@ class VisitorHasher:
         self._salt = b""
         self._loading: asyncio.Task[None] | None = None
 
+    def is_ready(self) -> bool:
+        """Whether today's salt is loaded (then visitor_id needs no Redis round trip)."""
+        return int(time.time() // 86_400) == self._day
+
     async def ready(self) -> None:
         """Make sure today's salt is loaded: one Redis round trip per process per day."""
         today = int(time.time() // 86_400)
