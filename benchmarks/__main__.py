@@ -90,7 +90,9 @@ def main() -> int:
                 else:
                     raise SystemExit(f"unknown step {step!r}; steps: {', '.join(ALL_STEPS)}")
         finally:
-            client.delete(settings.stream_key, settings.dead_letter_key)
+            # The stream and every key named after it (dead letters, salts, counters).
+            for key in client.scan_iter(match=f"{settings.stream_key}*"):
+                client.delete(key)
             client.close()
             asyncio.run(_drop(server_url, database))
     results["machine"]["minutes"] = round((time.monotonic() - started) / 60, 1)
