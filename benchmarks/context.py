@@ -14,6 +14,7 @@ import asyncpg
 import redis
 
 from common.config import Settings
+from common.constants import WRITTEN_TABLES
 
 T = TypeVar("T")
 
@@ -53,10 +54,7 @@ class BenchContext:
         self.redis.delete(self.settings.stream_key, self.settings.dead_letter_key)
 
         async def truncate(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "TRUNCATE events, event_ids, daily_site_stats, daily_site_path_counts, "
-                "daily_site_users, daily_site_visitors"
-            )
+            await conn.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES)}")
 
         self.with_db(truncate)
 

@@ -16,6 +16,15 @@ EVENT_FIELD = b"event"
 PAGE_VIEW = "page_view"
 
 STAGING_TABLE = "event_staging"
+# Every table the processor writes: what a test or a benchmark empties between runs.
+WRITTEN_TABLES = (
+    "events",
+    "event_ids",
+    "daily_site_stats",
+    "daily_site_path_counts",
+    "daily_site_users",
+    "daily_site_visitors",
+)
 MIGRATIONS_TABLE = "schema_migrations"
 
 # pg_advisory_lock key that serialises migrations across processes ("anlytics" in ASCII).

@@ -1,7 +1,7 @@
 """Request bodies to validated events: pure code, no I/O.
 
-A valid event is a dict with the keys of EVENT_KEYS; times are integers of microseconds
-since the Unix epoch (UTC). With what the edge adds (see ingest/intake.py) it is what
+A valid event is a dict of event_id, site_id, event_type, path, user_id, timestamp and
+received_at; times are integers of microseconds since the Unix epoch (UTC). With what the edge adds (see ingest/intake.py) it is what
 the stream carries and what the processor turns into a row.
 """
 
@@ -16,8 +16,6 @@ import orjson
 
 from common.constants import MAX_EVENT_TYPE, MAX_PATH, MAX_SITE_ID, MAX_USER_ID
 from ingest.ids import uuid7
-
-EVENT_KEYS = ("event_id", "site_id", "event_type", "path", "user_id", "timestamp", "received_at")
 
 DEFAULT_PATH = "/"
 

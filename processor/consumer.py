@@ -176,12 +176,6 @@ class StreamProcessor:
                 await self._acknowledged()
                 return claimed
 
-    async def process(self, entries: list[Entry], *, redelivered: bool = False) -> DecodedBatch:
-        """Store and acknowledge one batch; returns once it is acknowledged."""
-        batch = await self._process(entries, redelivered=redelivered)
-        await self._acknowledged()
-        return batch
-
     async def _process(
         self,
         entries: list[Entry],

@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
+from common.constants import WRITTEN_TABLES
 from common.migrate import prepare_database
 from processor.consumer import StreamProcessor
 from processor.store import prepare_connection
@@ -32,14 +33,6 @@ from processor.store import prepare_connection
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
-TABLES = (
-    "events",
-    "event_ids",
-    "daily_site_stats",
-    "daily_site_path_counts",
-    "daily_site_users",
-    "daily_site_visitors",
-)
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +77,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(
         database_url, min_size=1, max_size=2, init=prepare_connection
     ) as pool:
-        await pool.execute(f"TRUNCATE {', '.join(TABLES)}")
+        await pool.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES)}")
         yield pool
 
 
