@@ -38,7 +38,11 @@ class Settings:
     consumer_name: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
     )
-    batch_size: int = 500
+    # Entries per read and per transaction: an upper bound, a quiet stream gives less.
+    batch_size: int = 2_000
+    # Consumers per processor process, each with its own database connection: while one
+    # waits for PostgreSQL, another decodes or commits.
+    writers: int = 2
     block_ms: int = 1000
     claim_min_idle_ms: int = 60_000
     claim_interval_ms: int = 5_000
@@ -112,8 +116,9 @@ class Settings:
                     raise ConfigError(f"{name} must not be empty")
                 values[field.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
-        if settings.batch_size < 1:
-            raise ConfigError("BATCH_SIZE must be at least 1")
+        for name in ("batch_size", "writers"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
         return settings
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -34,22 +35,42 @@ async def run(settings: Settings, *, drain: bool) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
     try:
         async with asyncpg.create_pool(
-            settings.database_url, min_size=1, max_size=1, init=prepare_connection
+            settings.database_url,
+            min_size=1,
+            max_size=settings.writers,
+            init=prepare_connection,
         ) as pool:
-            processor = StreamProcessor(settings, client, pool)
-            await processor.run(stop, drain=drain)
+            writers = [
+                StreamProcessor(writer_settings(settings, number), client, pool)
+                for number in range(settings.writers)
+            ]
+            async with asyncio.TaskGroup() as group:
+                for number, writer in enumerate(writers):
+                    group.create_task(writer.run(stop, drain=drain, maintain=number == 0))
+            if drain:  # trim what the writers acknowledged
+                await writers[0].maintain()
     finally:
         await client.aclose()
-    if processor.first_batch_at is not None:
-        elapsed = time.perf_counter() - processor.first_batch_at
+    started = [w.first_batch_at for w in writers if w.first_batch_at is not None]
+    if started:
+        processed = sum(w.entries_processed for w in writers)
+        elapsed = time.perf_counter() - min(started)
         logger.info(
             "stopped: processed %d entries in %.3f s from the first batch (%.0f entries/s)",
-            processor.entries_processed,
+            processed,
             elapsed,
-            processor.entries_processed / elapsed,
+            processed / elapsed,
         )
     else:
         logger.info("stopped: nothing to process")
+
+
+def writer_settings(settings: Settings, number: int) -> Settings:
+    """The first writer is CONSUMER_NAME itself, the others CONSUMER_NAME/2, /3, ...:
+    fixed names, so that after a restart each re-reads what it held."""
+    if number == 0:
+        return settings
+    return dataclasses.replace(settings, consumer_name=f"{settings.consumer_name}/{number + 1}")
 
 
 def main() -> int:

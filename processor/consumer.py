@@ -104,8 +104,10 @@ class StreamProcessor:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
-        """Process until `stop` is set, or, with `drain`, until no entry is left to read."""
+    async def run(self, stop: asyncio.Event, *, drain: bool = False, maintain: bool = True) -> None:
+        """Process until `stop` is set, or, with `drain`, until no entry is left to read.
+        `maintain`: also trim the stream and manage partitions now and then (one writer
+        per process does)."""
         self._stop = stop
         await self._retrying("creating the consumer group", self.ensure_group)
         loop = asyncio.get_running_loop()
@@ -119,8 +121,8 @@ class StreamProcessor:
                     if prefetched is not None:  # already delivered to us: finish it too
                         await self._process(*await prefetched)
                     break
-                if loop.time() >= next_maintenance:
-                    await self._maintain()
+                if maintain and loop.time() >= next_maintenance:
+                    await self.maintain()
                     next_maintenance = loop.time() + self._settings.maintenance_interval_ms / 1000
                 if loop.time() >= next_claim:
                     await self._retrying("claiming abandoned entries", self.claim_abandoned)
@@ -151,8 +153,6 @@ class StreamProcessor:
             if prefetched is not None:  # read but not processed: stays pending to us
                 prefetched.cancel()
                 await asyncio.gather(prefetched, return_exceptions=True)
-        if drain:
-            await self._maintain()
 
     async def claim_abandoned(self) -> int:
         """Take over and process entries idle in other consumers' pending lists."""
@@ -306,7 +306,7 @@ class StreamProcessor:
             pipe.xack(self._stream, self._group, *batch.entry_ids)
             await pipe.execute()
 
-    async def _maintain(self) -> None:
+    async def maintain(self) -> None:
         """Trim the stream, keep partitions ahead, apply retention: failures only logged."""
         try:
             removed = await maintenance.trim_stream(self._redis, self._stream)

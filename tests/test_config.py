@@ -20,7 +20,14 @@ def test_variables_are_read_and_typed() -> None:
 
 
 @pytest.mark.parametrize(
-    "env", [{"PORT": "eighty"}, {"BATCH_SIZE": "0"}, {"BLOCK_MS": "-1"}, {"STREAM_KEY": ""}]
+    "env",
+    [
+        {"PORT": "eighty"},
+        {"BATCH_SIZE": "0"},
+        {"WRITERS": "0"},
+        {"BLOCK_MS": "-1"},
+        {"STREAM_KEY": ""},
+    ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):

@@ -161,18 +161,20 @@ def new_scenario(made: list[Scenario], settings: Settings, count: int, tmp_path:
     return scenario
 
 
-@pytest.mark.parametrize("processors", [1, 2, 4])
+@pytest.mark.parametrize(("processors", "writers"), [(1, 1), (1, 2), (2, 2), (4, 2)])
 async def test_processors_killed_at_random_moments_leave_exact_figures(
     processors: int,
+    writers: int,
     settings: Settings,
     db: asyncpg.Pool,
     redis_client: redis.Redis,
     scenario_factory: list[Scenario],
     tmp_path: Path,
 ) -> None:
-    scenario = new_scenario(scenario_factory, settings, 50_000, tmp_path)
+    own = dataclasses.replace(settings, writers=writers)
+    scenario = new_scenario(scenario_factory, own, 50_000, tmp_path)
     await enqueue(redis_client, settings.stream_key, scenario.events)
-    rng = random.Random(processors)
+    rng = random.Random(processors * 10 + writers)
     names = [f"p{i}" for i in range(processors)]
     for name in names:
         scenario.start(name)
@@ -197,6 +199,12 @@ async def test_processors_killed_at_random_moments_leave_exact_figures(
     scenario.stop_all()
     assert kills >= 5, "the run ended before enough kills to mean anything"
     await assert_exact(scenario, redis_client, db)
+    # Each process ran WRITERS consumers, the second and later named "<name>/<number>".
+    consumers = {
+        c["name"].decode()
+        for c in await redis_client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    }
+    assert any(name.endswith("/2") for name in consumers) == (writers > 1)
 
 
 async def _trimmed(client: redis.Redis, stream_key: str) -> bool:
