@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from common.errors import error_body
 
@@ -26,6 +26,34 @@ class RequestError(Exception):
         self.body = error_body(code, message, [{"field": field, "message": message}])
 
 
+class RequestHead(NamedTuple):
+    """The request headers that the ingest routes read, found in one pass."""
+
+    content_type: bytes | None
+    content_length: bytes | None
+    user_agent: bytes
+    origin: bytes | None
+    forwarded_for: bytes | None
+
+
+def read_head(scope: Scope) -> RequestHead:
+    content_type = content_length = origin = forwarded_for = None
+    user_agent = b""
+    # Repeated headers: the last one counts (X-Forwarded-For: the nearest proxy's line).
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            content_length = value
+        elif name == b"user-agent":
+            user_agent = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value
+    return RequestHead(content_type, content_length, user_agent, origin, forwarded_for)
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -33,10 +61,9 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def check_content_type(scope: Scope) -> None:
+def check_content_type(declared: bytes | None) -> None:
     """415 for a declared type that cannot hold JSON; no type at all is accepted."""
-    declared = header(scope, b"content-type")
-    if declared is None:
+    if declared is None or declared == b"application/json":  # the common case, at once
         return
     media_type = declared.split(b";", 1)[0].strip().lower()
     if (
@@ -50,26 +77,38 @@ def check_content_type(scope: Scope) -> None:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body; 413 for one larger than `limit`, refused before it is read."""
-    too_large = RequestError(413, "body_too_large", f"body larger than {limit} bytes")
-    length = header(scope, b"content-length")
+async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
+    """The request body; 413 for one larger than `limit` (or whose declared `length` is),
+    refused before it is read."""
     if length is not None and (not length.isdigit() or int(length) > limit):
-        raise too_large
+        raise _too_large(limit)
+    message = await receive()
+    if not message.get("more_body", False):  # the common case: all in one message
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    return await _read_chunks(message, receive, limit)
+
+
+async def _read_chunks(first: Message, receive: Receive, limit: int) -> bytes:
+    message = first
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+    while message["type"] != "http.disconnect":
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, "body_too_large", f"body larger than {limit} bytes")
 
 
 async def send_json(

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
+from typing import NamedTuple
 
-from starlette.types import Scope
-
-from ingest.asgi import header
+from ingest.asgi import RequestHead
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ClientInfo:
+class ClientInfo(NamedTuple):
     ip: str
     user_agent: str
 
@@ -28,14 +25,12 @@ class ClientResolver:
             if item.strip()
         ]
 
-    def resolve(self, scope: Scope) -> ClientInfo:
-        peer = scope["client"][0] if scope.get("client") else ""
-        user_agent = (header(scope, b"user-agent") or b"").decode("latin-1")
-        if self._trusted and self._is_trusted(peer):
-            forwarded = header(scope, b"x-forwarded-for")
-            if forwarded:
-                peer = self._client_from_chain(forwarded.decode("latin-1"), peer)
-        return ClientInfo(ip=peer, user_agent=user_agent)
+    def resolve(self, peer: str, head: RequestHead) -> ClientInfo:
+        """`peer`: the address the connection came from."""
+        user_agent = head.user_agent.decode("latin-1")
+        if self._trusted and head.forwarded_for and self._is_trusted(peer):
+            peer = self._client_from_chain(head.forwarded_for.decode("latin-1"), peer)
+        return ClientInfo(peer, user_agent)
 
     def _client_from_chain(self, forwarded: str, peer: str) -> str:
         # Each proxy appends the address it saw: the first untrusted one from the right

@@ -14,7 +14,15 @@ from starlette.types import Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
-from ingest.asgi import RETRY_AFTER, RequestError, check_content_type, read_body, send_json
+from ingest.asgi import (
+    RETRY_AFTER,
+    RequestError,
+    check_content_type,
+    header,
+    read_body,
+    read_head,
+    send_json,
+)
 from ingest.client import ClientResolver
 from ingest.cors import CorsPolicy
 from ingest.intake import Intake, Overloaded
@@ -64,19 +72,21 @@ class _IngestEndpoint:
         if scope["method"] == "OPTIONS":
             await self._preflight(scope, send)
             return
+        head = read_head(scope)
         intake: Intake = scope["state"]["intake"]
-        cors = self._cors.response_headers(scope)
+        cors = self._cors.response_headers(head.origin)
         try:
             if cors is None:
                 raise ORIGIN_REFUSED
             intake.check_capacity()
             body = b""
             if self.reads_body:
-                check_content_type(scope)
-                body = await read_body(scope, receive, self._max_body_bytes)
+                check_content_type(head.content_type)
+                body = await read_body(receive, head.content_length, self._max_body_bytes)
             status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
             if events:
-                written = intake.submit(events, self._clients.resolve(scope))
+                peer = scope["client"][0] if scope.get("client") else ""
+                written = intake.submit(events, self._clients.resolve(peer, head))
                 if written is None:
                     answer = IGNORED
                 else:
@@ -99,7 +109,9 @@ class _IngestEndpoint:
         await send_json(send, status, answer, headers)
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
-        headers = self._cors.preflight_headers(scope)
+        headers = self._cors.preflight_headers(
+            header(scope, b"origin"), header(scope, b"access-control-request-headers")
+        )
         if headers is None:
             await send_json(send, ORIGIN_REFUSED.status, ORIGIN_REFUSED.body)
             return

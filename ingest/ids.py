@@ -17,5 +17,10 @@ os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 def uuid7() -> str:
     millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
     value = millis << 80 | _random.getrandbits(80) & _RANDOM_BITS | _FIXED_BITS
-    h = value.to_bytes(16, "big").hex()
+    return uuid_text(value.to_bytes(16, "big"))
+
+
+def uuid_text(value: bytes) -> str:
+    """16 bytes in the canonical UUID form; a third of the cost of str(uuid.UUID(...))."""
+    h = value.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -44,7 +44,7 @@ class Intake:
         if is_bot(client.user_agent):
             self.writer.count_ignored([event["site_id"] for event in events])
             return None
-        if any(event["user_id"] is None for event in events) and not self.visitors.is_ready():
+        if not self.visitors.is_ready() and any(event["user_id"] is None for event in events):
             return self._submit_after_loading_salt(events, client)
         return self._append(events, client)
 

@@ -92,15 +92,21 @@ class StreamWriter:
                 if not future.done():
                     future.set_exception(StreamUnavailable(repr(exc)))
             return
+        refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+        if not refused:  # the common case: every request succeeded
+            for _, future in batch:
+                if not future.done():  # done: cancelled, its client went away
+                    future.set_result(None)
+            return
+        logger.warning("Redis refused %d commands: %s", len(refused), refused[0])
         position = 0
         for payloads, future in batch:
             mine = replies[position : position + len(payloads)]
             position += len(payloads)
-            if future.done():  # the request was cancelled: its client went away
+            if future.done():
                 continue
             errors = [r for r in mine if isinstance(r, hiredis.ReplyError)]
             if errors:
-                logger.warning("Redis refused %d events: %s", len(errors), errors[0])
                 future.set_exception(StreamUnavailable(str(errors[0])))
             else:
                 future.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -57,7 +58,6 @@ async def test_the_clients_event_id_is_kept(
 async def test_concurrent_requests_each_get_their_own_event(
     http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
 ) -> None:
-    import asyncio
 
     responses = await asyncio.gather(
         *(
@@ -134,6 +134,23 @@ async def test_unreachable_redis_gives_503_quickly_and_never_202(
             assert response.headers["retry-after"] == "1"
             assert response.json()["error"] == "unavailable"
             assert elapsed < 2 * settings.redis_timeout_ms / 1000 + 0.5
+
+
+async def test_an_append_that_redis_refuses_gets_503_and_the_next_one_202(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    # A key of the wrong type makes every XADD an error reply (WRONGTYPE).
+    await redis_client.set(settings.stream_key, "not a stream")
+    responses = await asyncio.gather(
+        *(http.post("/event", json={"site_id": "s", "event_type": "e"}) for _ in range(5))
+    )
+    assert [r.status_code for r in responses] == [503] * 5
+    assert all(r.json()["error"] == "unavailable" for r in responses)
+    await redis_client.delete(settings.stream_key)
+    response = await http.post("/event", json={"site_id": "s", "event_type": "e"})
+    assert response.status_code == 202
+    [stored] = await stream_events(redis_client, settings)
+    assert stored["event_id"] == response.json()["event_id"]
 
 
 async def test_a_sendbeacon_body_declared_as_text_plain_is_accepted(
