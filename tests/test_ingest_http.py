@@ -58,7 +58,6 @@ async def test_the_clients_event_id_is_kept(
 async def test_concurrent_requests_each_get_their_own_event(
     http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
 ) -> None:
-
     responses = await asyncio.gather(
         *(
             http.post("/event", json={"site_id": "s", "event_type": "e", "path": f"/{i}"})
