@@ -1,7 +1,7 @@
 """The reference server: a raw ASGI app that reads the body and answers 202, nothing else.
 
-Served by the same stack as the real server (uvicorn, uvloop, httptools, no access log),
-so that the ratio between the two is what our code costs.
+Served by the same stack with the same options as the real server (uvicorn, uvloop,
+httptools, no access log, no proxy headers), so that the ratio is what our code costs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 from starlette.types import Receive, Send
+
+from ingest.server import SERVER_OPTIONS
 
 _ANSWER = b'{"status":"accepted","event_id":"00000000-0000-7000-8000-000000000000"}'
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_ANSWER))]
@@ -29,12 +31,5 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 
 if __name__ == "__main__":
     uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(os.environ["PORT"]),
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
+        app, host="127.0.0.1", port=int(os.environ["PORT"]), lifespan="off", **SERVER_OPTIONS
     )

@@ -106,13 +106,29 @@ def ingest(ctx: BenchContext, *, events_per_request: int) -> dict[str, Any]:
 
 
 def _paced_latency(ctx: BenchContext, path: str, body: bytes, rate: float) -> dict[str, Any]:
-    """p99 with the load held at a set rate (each connection paced by wrk's delay())."""
-    delay_ms = CONNECTIONS / rate * 1000
-    script = wrk.lua_script(method="POST", body=body, delay_ms=delay_ms)
+    """p99 with the load held at a set rate. wrk paces each connection with a delay before
+    each request, so a connection's cycle is its delay plus the request's latency: the
+    delay is the cycle the rate asks for less the mean latency measured at about that
+    rate, found in two short calibration runs against the same server."""
+    cycle_ms = CONNECTIONS / rate * 1000
     results = []
     for _ in range(ctx.rounds):
         port, server = _serve(ctx, "ingest", "ingest_paced", max_backlog=10**9)
         with server:
+            url = f"http://127.0.0.1:{port}{path}"
+            delay_ms = cycle_ms
+            for _ in range(2):
+                script = wrk.lua_script(method="POST", body=body, delay_ms=delay_ms)
+                probe = wrk.run(
+                    url,
+                    script,
+                    connections=CONNECTIONS,
+                    seconds=2,
+                    cpu=ctx.load_cpu,
+                )
+                delay_ms = max(0.0, cycle_ms - probe.mean_ms)
+            ctx.reset()  # the stream check of _load counts its own requests only
+            script = wrk.lua_script(method="POST", body=body, delay_ms=delay_ms)
             results.append(_load(ctx, port, path, script, events_per_request=1))
         ctx.reset()
     return {

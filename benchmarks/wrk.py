@@ -13,10 +13,10 @@ _DONE = """
 done = function(summary, latency, requests)
   io.write(string.format(
     '\\nWRK_RESULT {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,'
-    .. '"p50_us":%d,"p99_us":%d}\\n',
+    .. '"mean_us":%d,"p50_us":%d,"p99_us":%d}\\n',
     summary.requests, summary.duration, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency.mean, latency:percentile(50), latency:percentile(99)))
 end
 """
 
@@ -27,6 +27,7 @@ class WrkResult:
     duration_s: float
     non_2xx: int
     socket_errors: int
+    mean_ms: float
     p50_ms: float
     p99_ms: float
 
@@ -62,8 +63,14 @@ def lua_script(
     if body is not None:
         lines.append(f"wrk.body = {_lua_string(body)}")
         lines.append('wrk.headers["Content-Type"] = "application/json"')
-    if delay_ms is not None:  # pace each connection: wrk waits this long before each request
-        lines.append(f"delay = function() return {delay_ms} end")
+    if delay_ms is not None:
+        # Pace each connection: wrk waits this long before each request. It takes whole
+        # milliseconds only, so round up or down at random to keep the fraction on average.
+        whole, fraction = int(delay_ms), delay_ms - int(delay_ms)
+        lines.append(
+            f"delay = function() if math.random() < {fraction:.4f} then return {whole + 1} end "
+            f"return {whole} end"
+        )
     return "\n".join(lines) + _DONE
 
 
@@ -102,6 +109,7 @@ def run(
         duration_s=data["duration_us"] / 1e6,
         non_2xx=data["non_2xx"],
         socket_errors=data["socket_errors"],
+        mean_ms=data["mean_us"] / 1000,
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
     )

@@ -8,6 +8,7 @@ import uvicorn
 from common.config import settings_or_exit
 from common.logs import configure
 from ingest.app import create_app
+from ingest.server import SERVER_OPTIONS
 
 logger = logging.getLogger("ingest")
 
@@ -20,13 +21,8 @@ def main() -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http="httptools",
         lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,  # X-Forwarded-For is read by ingest.client, from trusted proxies only
+        **SERVER_OPTIONS,
     )
     server = uvicorn.Server(config)
     server.run()

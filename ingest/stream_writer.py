@@ -40,15 +40,18 @@ class StreamWriter:
         self._pending: list[_Waiter] = []
         self._ignored: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
+        # Built where the loop runs (the app's lifespan). Looked up once: on Python 3.11
+        # every asyncio.get_running_loop() makes a getpid() system call.
+        self._loop = asyncio.get_running_loop()
 
     def append(self, payloads: list[bytes]) -> asyncio.Future[None]:
         """Queue encoded events for the next write; the future is done once Redis has all of
         them, or fails with StreamUnavailable. (A plain function returning the future, not
         a coroutine: one frame less to suspend and resume on every request.)"""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._pending.append((payloads, future))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_while_pending())
+            self._flusher = self._loop.create_task(self._flush_while_pending())
         return future
 
     def count_ignored(self, site_ids: list[str]) -> None:
@@ -56,7 +59,7 @@ class StreamWriter:
         day = datetime.fromtimestamp(time.time(), UTC).date().isoformat()
         self._ignored.update((self._ignored_key_prefix + day, site) for site in site_ids)
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_while_pending())
+            self._flusher = self._loop.create_task(self._flush_while_pending())
 
     async def aclose(self) -> None:
         """Wait for events already handed over to be written (or failed), then disconnect."""

@@ -1,0 +1,13 @@
+"""How uvicorn serves the HTTP app: shared with the benchmark's bare reference app, so
+that the two differ only in what the app itself does."""
+
+from typing import Any
+
+SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,
+    "log_config": None,
+    "server_header": False,
+    "proxy_headers": False,  # X-Forwarded-For is read by ingest.client, from trusted proxies only
+}
