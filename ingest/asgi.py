@@ -111,11 +111,16 @@ def _too_large(limit: int) -> RequestError:
     return RequestError(413, "body_too_large", f"body larger than {limit} bytes")
 
 
+def render_json(payload: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a JSON answer."""
+    body = orjson.dumps(payload)
+    return [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))], body
+
+
 async def send_json(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = orjson.dumps(payload)
-    response_headers = [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
+    response_headers, body = render_json(payload)
     if headers:
         response_headers += headers
     await send({"type": "http.response.start", "status": status, "headers": response_headers})

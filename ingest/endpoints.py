@@ -21,6 +21,7 @@ from ingest.asgi import (
     header,
     read_body,
     read_head,
+    render_json,
     send_json,
 )
 from ingest.client import ClientResolver
@@ -75,6 +76,7 @@ class _IngestEndpoint:
         head = read_head(scope)
         intake: Intake = scope["state"]["intake"]
         cors = self._cors.response_headers(head.origin)
+        extra_headers = cors
         try:
             if cors is None:
                 raise ORIGIN_REFUSED
@@ -92,21 +94,26 @@ class _IngestEndpoint:
                 else:
                     await written
         except RequestError as exc:
-            await send_json(send, exc.status, exc.body, cors)
+            status, answer = exc.status, exc.body
         except Overloaded:
-            await send_json(send, 503, OVERLOADED, [*cors, *RETRY_AFTER] if cors else RETRY_AFTER)
+            status, answer = 503, OVERLOADED
+            extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
         except StreamUnavailable:
-            await send_json(send, 503, UNAVAILABLE, [*cors, *RETRY_AFTER] if cors else RETRY_AFTER)
-        else:
-            await self.respond(send, status, answer, cors)
+            status, answer = 503, UNAVAILABLE
+            extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
+        # One exit: answers are rendered to bytes, then sent (no coroutine per layer).
+        headers, content = self.render(status, answer)
+        if extra_headers:
+            headers += extra_headers
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         raise NotImplementedError
 
-    async def respond(
-        self, send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        await send_json(send, status, answer, headers)
+    def render(self, status: int, answer: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers (a new list: the caller adds to it) and body of an answer."""
+        return render_json(answer)
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
         headers = self._cors.preflight_headers(
@@ -169,13 +176,7 @@ class PixelEndpoint(_IngestEndpoint):
             return 400, error_body("invalid_event", "too many parameters", detail), []
         return 200, None, [event]
 
-    async def respond(
-        self, send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def render(self, status: int, answer: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
         if status != 200:
-            await send_json(send, status, answer, headers)
-            return
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": PIXEL_HEADERS + headers}
-        )
-        await send({"type": "http.response.body", "body": PIXEL})
+            return render_json(answer)
+        return list(PIXEL_HEADERS), PIXEL
