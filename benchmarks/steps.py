@@ -20,6 +20,7 @@ from benchmarks.context import BenchContext, median, summary
 from benchmarks.processes import Measured, free_port, http_server, pinned
 from common.constants import EVENT_FIELD
 from processor.decode import COLUMNS, decode_entries
+from processor.store import use_epoch_micros
 
 CONNECTIONS = 64
 
@@ -198,7 +199,9 @@ def _check_processed(ctx: BenchContext, events: int, views: int) -> None:
 
 
 async def _raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) -> float:
-    """Rows/s of a binary COPY of the same rows, in the same batches, into an unindexed table."""
+    """Rows/s of a binary COPY of the same rows, in the same batches and encoding, into an
+    unindexed table."""
+    await use_epoch_micros(conn)
     columns = ", ".join(f'"{column}"' for column in COLUMNS)
     await conn.execute(
         "DROP TABLE IF EXISTS bench_raw_copy; "

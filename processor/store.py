@@ -9,12 +9,16 @@ writing at the same time take row locks in the same order and cannot deadlock.
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
+from datetime import UTC, date, datetime
 
 import asyncpg
 
 from common.constants import PAGE_VIEW, STAGING_TABLE
 from processor.decode import COLUMNS, Row
+
+MICROS_PER_DAY = 86_400_000_000
+# PostgreSQL counts time in microseconds since 2000-01-01 UTC, the stream since 1970-01-01.
+_PG_EPOCH_MICROS = 946_684_800_000_000
 
 # ON COMMIT DELETE ROWS empties it after every batch; being temporary, it writes no WAL.
 CREATE_STAGING = f"""
@@ -81,6 +85,14 @@ users_per_day AS (
     FROM (SELECT * FROM new_users UNION ALL SELECT * FROM new_visitors) AS newcomers
     GROUP BY site_id, date
 ),
+paths AS (
+    INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
+    SELECT site_id, date, path, count(*) FROM inserted
+    WHERE event_type = '{PAGE_VIEW}'
+    GROUP BY site_id, date, path
+    ORDER BY site_id, date, path
+    ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
+),
 stats AS (
     INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
     SELECT site_id, date, coalesce(v.views, 0), coalesce(u.users, 0)
@@ -89,14 +101,6 @@ stats AS (
     ON CONFLICT (site_id, date) DO UPDATE
     SET total_views = s.total_views + excluded.total_views,
         unique_users = s.unique_users + excluded.unique_users
-),
-paths AS (
-    INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
-    SELECT site_id, date, path, count(*) FROM inserted
-    WHERE event_type = '{PAGE_VIEW}'
-    GROUP BY site_id, date, path
-    ORDER BY site_id, date, path
-    ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted,
     (SELECT count(*) FROM new_users) + (SELECT count(*) FROM new_visitors) AS new_users
@@ -139,15 +143,30 @@ class EventStore:
             self._months |= missing
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[Row]) -> None:
-        await self.ensure_months(conn, {date(row[5].year, row[5].month, 1) for row in rows})
+        days = {row[5] // MICROS_PER_DAY for row in rows}  # integer work per row, dates per day
+        months = {datetime.fromtimestamp(day * 86_400, UTC).date().replace(day=1) for day in days}
+        await self.ensure_months(conn, months)
 
 
 ENSURE_PARTITIONS = "SELECT ensure_events_partition(month) FROM unnest($1::date[]) AS month"
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection set-up (asyncpg pool `init`): the session's staging table."""
+    """Per-connection set-up (asyncpg pool `init`): the session's staging table, and
+    timestamptz sent and read as integers of microseconds since the Unix epoch, as the
+    stream carries them (no datetime built per value on either side)."""
+    await use_epoch_micros(conn)
     await conn.execute(CREATE_STAGING)
+
+
+async def use_epoch_micros(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        format="tuple",
+        encoder=lambda micros: (micros - _PG_EPOCH_MICROS,),
+        decoder=lambda value: value[0] + _PG_EPOCH_MICROS,
+    )
 
 
 async def store_rows(conn: asyncpg.Connection, rows: list[Row]) -> StoreResult:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from common.constants import EVENT_FIELD
-from ingest.validation import parse_event
+from ingest.validation import parse_event, to_epoch_micros
 from processor.decode import decode_entries
 
 RECEIVED = 1_700_000_000_000_000
@@ -32,20 +32,22 @@ def test_an_ingested_event_becomes_its_row() -> None:
     assert batch.entry_ids == [b"1-0"]
     assert batch.rejected == {}
     assert batch.row_ids == [b"1-0"]
+    # UUIDs as their text, times as integers of microseconds since the Unix epoch.
     assert batch.rows == [
         (
-            uuid.UUID(str(event["event_id"])),
+            event["event_id"],
             "s",
             "page_view",
             "/p",
             "u",
-            datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC),
-            datetime.fromtimestamp(RECEIVED / 1_000_000, tz=UTC),
+            to_epoch_micros(datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)),
+            RECEIVED,
             None,
             None,
             None,
         )
     ]
+    assert uuid.UUID(batch.rows[0][0]).version == 7
 
 
 def test_edge_enrichment_is_decoded() -> None:
@@ -57,7 +59,7 @@ def test_edge_enrichment_is_decoded() -> None:
     [row] = decode_entries([entry(b"1-0", event)]).rows
     assert row[4] is None
     assert row[7:] == (
-        uuid.UUID("3b241101-e2bb-4255-8caf-4136c566a962"),
+        "3b241101-e2bb-4255-8caf-4136c566a962",
         ipaddress.ip_address("2001:db8::1"),
         "Mozilla/5.0",
     )
@@ -84,6 +86,14 @@ def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
         {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": "2024-01-01T00:00:00Z"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": True})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"received_at": 10**18})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": -(10**17)})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"timestamp": 1.5e15})},
+        {
+            EVENT_FIELD: orjson.dumps(
+                valid_event() | {"event_id": "3b241101e2bb42558caf4136c566a962"}
+            )
+        },
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"visitor_id": 5})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"visitor_id": "v"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"client_ip": "300.1.1.1"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"user_agent": ["x"]})},
