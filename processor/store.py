@@ -93,6 +93,8 @@ paths AS (
     ORDER BY site_id, date, path
     ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
 ),
+-- Last: every batch updates the same few rows here, and writers wait on each other's
+-- locks of them until commit; the later they are taken, the shorter that wait.
 stats AS (
     INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
     SELECT site_id, date, coalesce(v.views, 0), coalesce(u.users, 0)
