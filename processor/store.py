@@ -85,16 +85,10 @@ users_per_day AS (
     FROM (SELECT * FROM new_users UNION ALL SELECT * FROM new_visitors) AS newcomers
     GROUP BY site_id, date
 ),
-paths AS (
-    INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
-    SELECT site_id, date, path, count(*) FROM inserted
-    WHERE event_type = '{PAGE_VIEW}'
-    GROUP BY site_id, date, path
-    ORDER BY site_id, date, path
-    ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
-),
--- Last: every batch updates the same few rows here, and writers wait on each other's
--- locks of them until commit; the later they are taken, the shorter that wait.
+-- Neither stats nor paths is read by the final SELECT: PostgreSQL runs such writes after
+-- it, the later-declared first (ExecPostprocessPlan), so stats, declared before paths,
+-- runs last. Every batch updates the same few rows here and concurrent writers wait on
+-- each other's locks of them until commit: the later they are taken, the shorter that wait.
 stats AS (
     INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
     SELECT site_id, date, coalesce(v.views, 0), coalesce(u.users, 0)
@@ -103,6 +97,14 @@ stats AS (
     ON CONFLICT (site_id, date) DO UPDATE
     SET total_views = s.total_views + excluded.total_views,
         unique_users = s.unique_users + excluded.unique_users
+),
+paths AS (
+    INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
+    SELECT site_id, date, path, count(*) FROM inserted
+    WHERE event_type = '{PAGE_VIEW}'
+    GROUP BY site_id, date, path
+    ORDER BY site_id, date, path
+    ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted,
     (SELECT count(*) FROM new_users) + (SELECT count(*) FROM new_visitors) AS new_users
