@@ -232,3 +232,28 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits_cleanly(
     assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == sum(
         expected.views.values()
     )
+
+
+async def test_times_are_stored_to_the_microsecond_in_the_partition_of_their_utc_month(
+    redis_client: redis.Redis, db: asyncpg.Pool, settings: Settings
+) -> None:
+    stamps = {
+        "2024-07-31T23:59:59.999999Z": ("2024-07-31 23:59:59.999999", "events_p202407"),
+        "2024-08-01T00:00:00Z": ("2024-08-01 00:00:00", "events_p202408"),
+        # 00:30 at +01:00 is still August in UTC.
+        "2024-09-01T00:30:00.5+01:00": ("2024-08-31 23:30:00.5", "events_p202408"),
+    }
+    events = [
+        {"site_id": "s", "event_type": "page_view", "path": stamp, "timestamp": stamp}
+        for stamp in stamps
+    ]
+    await enqueue(redis_client, settings, events)
+    await drain(settings, redis_client, db)
+    rows = await db.fetch(
+        """SELECT path, ("timestamp" AT TIME ZONE 'UTC')::text AS utc,
+                  tableoid::regclass::text AS partition, received_at
+           FROM events"""
+    )
+    assert {r["path"]: (r["utc"], r["partition"]) for r in rows} == stamps
+    # The processor's connections read times back as integers of microseconds, too.
+    assert {r["received_at"] for r in rows} == {NOW}
