@@ -9,7 +9,7 @@ writing at the same time take row locks in the same order and cannot deadlock.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, date, datetime
+from datetime import date
 
 import asyncpg
 
@@ -17,6 +17,7 @@ from common.constants import PAGE_VIEW, STAGING_TABLE
 from processor.decode import COLUMNS, Row
 
 MICROS_PER_DAY = 86_400_000_000
+_UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # PostgreSQL counts time in microseconds since 2000-01-01 UTC, the stream since 1970-01-01.
 _PG_EPOCH_MICROS = 946_684_800_000_000
 
@@ -148,7 +149,7 @@ class EventStore:
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[Row]) -> None:
         days = {row[5] // MICROS_PER_DAY for row in rows}  # integer work per row, dates per day
-        months = {datetime.fromtimestamp(day * 86_400, UTC).date().replace(day=1) for day in days}
+        months = {date.fromordinal(_UNIX_EPOCH_ORDINAL + day).replace(day=1) for day in days}
         await self.ensure_months(conn, months)
 
 
