@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -26,39 +26,10 @@ class RequestError(Exception):
         self.body = error_body(code, message, [{"field": field, "message": message}])
 
 
-class RequestHead(NamedTuple):
-    """The request headers that the ingest routes read, found in one pass."""
-
-    content_type: bytes | None
-    content_length: bytes | None
-    user_agent: bytes
-    origin: bytes | None
-    forwarded_for: bytes | None
-
-
-def read_head(scope: Scope) -> RequestHead:
-    content_type = content_length = origin = forwarded_for = None
-    user_agent = b""
-    # Repeated headers: the last one counts (X-Forwarded-For: the nearest proxy's line).
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"content-length":
-            content_length = value
-        elif name == b"user-agent":
-            user_agent = value
-        elif name == b"origin":
-            origin = value
-        elif name == b"x-forwarded-for":
-            forwarded_for = value
-    return RequestHead(content_type, content_length, user_agent, origin, forwarded_for)
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers by (lower-case) name, built in C in one step. Of a repeated
+    header the last one counts (X-Forwarded-For: the nearest proxy's line)."""
+    return dict(scope["headers"])
 
 
 def check_content_type(declared: bytes | None) -> None:
@@ -77,21 +48,15 @@ def check_content_type(declared: bytes | None) -> None:
     )
 
 
-async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
-    """The request body; 413 for one larger than `limit` (or whose declared `length` is),
-    refused before it is read."""
+def check_declared_length(length: bytes | None, limit: int) -> None:
+    """413 for a body declared larger than `limit`, before any of it is read."""
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise _too_large(limit)
-    message = await receive()
-    if not message.get("more_body", False):  # the common case: all in one message
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    return await _read_chunks(message, receive, limit)
 
 
-async def _read_chunks(first: Message, receive: Receive, limit: int) -> bytes:
+async def read_rest(first: Message, receive: Receive, limit: int) -> bytes:
+    """The body that begins with `first` (a message that did not hold all of it, or held
+    too much); 413 as soon as it grows larger than `limit`."""
     message = first
     chunks: list[bytes] = []
     size = 0

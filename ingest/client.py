@@ -1,18 +1,10 @@
-"""Who sent a request: the client's IP address and User-Agent, read once at the edge."""
+"""Who sent a request: the client's IP address, read once at the edge."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
-
-from ingest.asgi import RequestHead
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ClientInfo(NamedTuple):
-    ip: str
-    user_agent: str
 
 
 class ClientResolver:
@@ -25,12 +17,12 @@ class ClientResolver:
             if item.strip()
         ]
 
-    def resolve(self, peer: str, head: RequestHead) -> ClientInfo:
-        """`peer`: the address the connection came from."""
-        user_agent = head.user_agent.decode("latin-1")
-        if self._trusted and head.forwarded_for and self._is_trusted(peer):
-            peer = self._client_from_chain(head.forwarded_for.decode("latin-1"), peer)
-        return ClientInfo(peer, user_agent)
+    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
+        """`peer`: the address the connection came from; `forwarded_for`: the request's
+        X-Forwarded-For header, if any."""
+        if self._trusted and forwarded_for and self._is_trusted(peer):
+            return self._client_from_chain(forwarded_for.decode("latin-1"), peer)
+        return peer
 
     def _client_from_chain(self, forwarded: str, peer: str) -> str:
         # Each proxy appends the address it saw: the first untrusted one from the right

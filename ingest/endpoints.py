@@ -18,10 +18,10 @@ from ingest.asgi import (
     RETRY_AFTER,
     RequestError,
     check_content_type,
-    header,
-    read_body,
-    read_head,
+    check_declared_length,
+    read_rest,
     render_json,
+    request_headers,
     send_json,
 )
 from ingest.client import ClientResolver
@@ -70,12 +70,12 @@ class _IngestEndpoint:
         self._clients = ClientResolver(settings.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope)
         if scope["method"] == "OPTIONS":
-            await self._preflight(scope, send)
+            await self._preflight(headers, send)
             return
-        head = read_head(scope)
         intake: Intake = scope["state"]["intake"]
-        cors = self._cors.response_headers(head.origin)
+        cors = self._cors.response_headers(headers.get(b"origin"))
         extra_headers = cors
         try:
             if cors is None:
@@ -83,12 +83,18 @@ class _IngestEndpoint:
             intake.check_capacity()
             body = b""
             if self.reads_body:
-                check_content_type(head.content_type)
-                body = await read_body(receive, head.content_length, self._max_body_bytes)
+                check_content_type(headers.get(b"content-type"))
+                check_declared_length(headers.get(b"content-length"), self._max_body_bytes)
+                message = await receive()
+                body = message.get("body", b"")
+                if message.get("more_body", False) or len(body) > self._max_body_bytes:
+                    body = await read_rest(message, receive, self._max_body_bytes)
             status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
             if events:
                 peer = scope["client"][0] if scope.get("client") else ""
-                written = intake.submit(events, self._clients.resolve(peer, head))
+                ip = self._clients.client_ip(peer, headers.get(b"x-forwarded-for"))
+                user_agent = headers.get(b"user-agent", b"").decode("latin-1")
+                written = intake.submit(events, ip, user_agent)
                 if written is None:
                     answer = IGNORED
                 else:
@@ -102,10 +108,10 @@ class _IngestEndpoint:
             status, answer = 503, UNAVAILABLE
             extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
         # One exit: answers are rendered to bytes, then sent (no coroutine per layer).
-        headers, content = self.render(status, answer)
+        response_headers, content = self.render(status, answer)
         if extra_headers:
-            headers += extra_headers
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            response_headers += extra_headers
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": content})
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
@@ -115,14 +121,14 @@ class _IngestEndpoint:
         """The headers (a new list: the caller adds to it) and body of an answer."""
         return render_json(answer)
 
-    async def _preflight(self, scope: Scope, send: Send) -> None:
-        headers = self._cors.preflight_headers(
-            header(scope, b"origin"), header(scope, b"access-control-request-headers")
+    async def _preflight(self, headers: dict[bytes, bytes], send: Send) -> None:
+        allowed = self._cors.preflight_headers(
+            headers.get(b"origin"), headers.get(b"access-control-request-headers")
         )
-        if headers is None:
+        if allowed is None:
             await send_json(send, ORIGIN_REFUSED.status, ORIGIN_REFUSED.body)
             return
-        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.start", "status": 204, "headers": allowed})
         await send({"type": "http.response.body", "body": b""})
 
 

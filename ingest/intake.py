@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 
 from ingest.backlog import BacklogMonitor
 from ingest.bots import is_bot
-from ingest.client import ClientInfo
 from ingest.stream_writer import StreamUnavailable, StreamWriter
 from ingest.visitors import VisitorHasher
 
@@ -37,34 +36,34 @@ class Intake:
         if self.backlog.exceeded:
             raise Overloaded
 
-    def submit(self, events: list[dict[str, Any]], client: ClientInfo) -> Awaitable[None] | None:
+    def submit(
+        self, events: list[dict[str, Any]], ip: str, user_agent: str
+    ) -> Awaitable[None] | None:
         """Enrich and append the events: the awaitable is done once Redis has them; None
         when they were ignored (a bot sent them). Not a coroutine on the common path, so
         that a request suspends on the write itself and nothing else."""
-        if is_bot(client.user_agent):
+        if is_bot(user_agent):
             self.writer.count_ignored([event["site_id"] for event in events])
             return None
         if not self.visitors.is_ready() and any(event["user_id"] is None for event in events):
-            return self._submit_after_loading_salt(events, client)
-        return self._append(events, client)
+            return self._submit_after_loading_salt(events, ip, user_agent)
+        return self._append(events, ip, user_agent)
 
     async def _submit_after_loading_salt(
-        self, events: list[dict[str, Any]], client: ClientInfo
+        self, events: list[dict[str, Any]], ip: str, user_agent: str
     ) -> None:
         try:
             await self.visitors.ready()
         except (RedisError, OSError) as exc:
             raise StreamUnavailable(repr(exc)) from exc
-        await self._append(events, client)
+        await self._append(events, ip, user_agent)
 
-    def _append(self, events: list[dict[str, Any]], client: ClientInfo) -> Awaitable[None]:
+    def _append(self, events: list[dict[str, Any]], ip: str, user_agent: str) -> Awaitable[None]:
         for event in events:
             if event["user_id"] is None:
-                event["visitor_id"] = self.visitors.visitor_id(
-                    event["site_id"], client.ip, client.user_agent
-                )
+                event["visitor_id"] = self.visitors.visitor_id(event["site_id"], ip, user_agent)
         if self.store_client_info:
             for event in events:
-                event["client_ip"] = client.ip or None
-                event["user_agent"] = client.user_agent or None
-        return self.writer.append([orjson.dumps(event) for event in events])
+                event["client_ip"] = ip or None
+                event["user_agent"] = user_agent or None
+        return self.writer.append(list(map(orjson.dumps, events)))

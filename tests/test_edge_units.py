@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from ingest.asgi import read_head
 from ingest.bots import is_bot
 from ingest.client import ClientResolver
 from ingest.cors import CorsPolicy
 from ingest.validation import InvalidEvent, TimeWindow, validate_event
 
 NOW = 1_800_000_000_000_000
-
-
-def scope(peer: str, **headers: str) -> dict[str, Any]:
-    return {
-        "client": (peer, 50000),
-        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
-    }
 
 
 @pytest.mark.parametrize(
@@ -38,10 +29,11 @@ def scope(peer: str, **headers: str) -> dict[str, Any]:
 def test_the_client_address_trusts_only_configured_proxies(
     trusted: str, peer: str, forwarded: str, client: str
 ) -> None:
-    resolved = ClientResolver(trusted).resolve(
-        peer, read_head(scope(peer, x_forwarded_for=forwarded, user_agent="UA/1"))
-    )
-    assert (resolved.ip, resolved.user_agent) == (client, "UA/1")
+    assert ClientResolver(trusted).client_ip(peer, forwarded.encode()) == client
+
+
+def test_a_trusted_proxy_without_x_forwarded_for_is_the_client() -> None:
+    assert ClientResolver("10.0.0.0/8").client_ip("10.1.2.3", None) == "10.1.2.3"
 
 
 @pytest.mark.parametrize(
