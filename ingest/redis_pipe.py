@@ -76,14 +76,14 @@ class RedisPipe:
 
     async def _read_replies(self, count: int) -> list[Any]:
         assert self._reader is not None
-        replies: list[Any] = []
+        # iter(gets, False) takes every complete reply in C; gets() answers False when the
+        # next one is incomplete (no RESP2 reply is False). One command in flight at a
+        # time: whatever arrives belongs to these commands.
+        replies: list[Any] = list(iter(self._parser.gets, False))
         while len(replies) < count:
-            reply = self._parser.gets()
-            if reply is False:  # incomplete: read more
-                data = await self._reader.read(65536)
-                if not data:
-                    raise RedisPipeError("connection closed by Redis")
-                self._parser.feed(data)
-            else:
-                replies.append(reply)
+            data = await self._reader.read(65536)
+            if not data:
+                raise RedisPipeError("connection closed by Redis")
+            self._parser.feed(data)
+            replies += iter(self._parser.gets, False)
         return replies

@@ -95,12 +95,12 @@ class StreamWriter:
                 if not future.done():
                     future.set_exception(StreamUnavailable(repr(exc)))
             return
-        refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-        if not refused:  # the common case: every request succeeded
+        if hiredis.ReplyError not in set(map(type, replies)):  # the common case, told in C
             for _, future in batch:
                 if not future.done():  # done: cancelled, its client went away
                     future.set_result(None)
             return
+        refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
         logger.warning("Redis refused %d commands: %s", len(refused), refused[0])
         position = 0
         for payloads, future in batch:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from common.constants import EVENT_FIELD
+from common.constants import EVENT_FIELD, MAX_MICROS, MIN_MICROS
 
 # Column order of the staging table and of each row tuple.
 COLUMNS = (
@@ -50,9 +50,6 @@ Row = tuple[
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-# The times a datetime can hold (years 1 to 9999), well inside PostgreSQL's range.
-MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
-MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 
 
 class UndecodableEntry(ValueError):

@@ -88,6 +88,10 @@ def test_empty_user_id_means_no_user() -> None:
             {"site_id": "s", "event_type": "e", "timestamp": "9999-12-31T23:59:59-23:00"},
             ["timestamp"],
         ),
+        (  # before year 1 once in UTC
+            {"site_id": "s", "event_type": "e", "timestamp": "0001-01-01T00:30:00+01:00"},
+            ["timestamp"],
+        ),
         ({"site_id": "s", "event_type": "e", "event_id": "not-a-uuid"}, ["event_id"]),
         ({"site_id": "s", "event_type": "e", "event_id": 12}, ["event_id"]),
         ({"event_type": 1, "user_id": 2, "path": 3}, ["site_id", "event_type", "path", "user_id"]),
