@@ -25,11 +25,9 @@ class BacklogMonitor:
         self._group = group
         self._limit = limit
         self.backlog = 0
+        # Read by every request: a plain attribute, kept in step with `backlog` by the poll.
+        self.exceeded = False
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def exceeded(self) -> bool:
-        return self.backlog > self._limit
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll_forever())
@@ -63,6 +61,7 @@ class BacklogMonitor:
                 self.backlog = await self.read()
             except (RedisError, OSError) as exc:
                 logger.debug("backlog read failed: %r", exc)  # writes will report Redis down
+            self.exceeded = self.backlog > self._limit
             if self.exceeded != was_exceeded:
                 was_exceeded = self.exceeded
                 logger.warning(

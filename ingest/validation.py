@@ -143,6 +143,8 @@ def _text(
     required: bool = False,
 ) -> str | None:
     value = data.get(field)
+    if isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value:
+        return value  # the common case, in one test; what follows says what is wrong
     if value is None or value == "":
         if required:
             errors.append(FieldError(field, "required"))
@@ -151,11 +153,9 @@ def _text(
         errors.append(FieldError(field, "must be a string"))
     elif len(value) > max_length:
         errors.append(FieldError(field, f"longer than {max_length} characters"))
-    elif "\x00" in value:
+    else:
         # PostgreSQL text cannot hold NUL: refuse it here rather than poison the stream.
         errors.append(FieldError(field, "must not contain NUL characters"))
-    else:
-        return value
     return None
 
 
