@@ -2,7 +2,6 @@
 
 import os
 import random
-import time
 
 # asyncpg's UUID type (what it returns for uuid columns) renders its text in C: a third of
 # the instructions of slicing bytes.hex() into five groups in Python, and the ingest
@@ -19,8 +18,10 @@ _random = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 
-def uuid7() -> str:
-    millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
+def uuid7(epoch_micros: int) -> str:
+    """An id for something that happened at `epoch_micros` (microseconds since the epoch):
+    the ingest server passes the time of receipt it has already read."""
+    millis = epoch_micros // 1000 & 0xFFFF_FFFF_FFFF
     value = millis << 80 | _random.getrandbits(80) & _RANDOM_BITS | _FIXED_BITS
     return uuid_text(value.to_bytes(16, "big"))
 

@@ -51,6 +51,15 @@ class TimeWindow:
 
     max_future_s: int | None = None
     max_age_s: int | None = None
+    # The same in microseconds, what each event is compared with; no bound: the widest span.
+    max_future_us: int = dataclasses.field(init=False)
+    max_age_us: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        unbounded = MAX_MICROS - MIN_MICROS
+        for name, seconds in (("max_future_us", self.max_future_s), ("max_age_us", self.max_age_s)):
+            micros = unbounded if seconds is None else seconds * 1_000_000
+            object.__setattr__(self, name, micros)  # frozen: set once, here
 
 
 UNBOUNDED = TimeWindow()
@@ -115,7 +124,7 @@ def validate_event(
     path = _text(data, "path", MAX_PATH, errors) or DEFAULT_PATH
     user_id = _text(data, "user_id", MAX_USER_ID, errors)
     timestamp = _timestamp(data.get("timestamp"), received_at, window, errors)
-    event_id = _event_id(data.get("event_id"), errors)
+    event_id = _event_id(data.get("event_id"), received_at, errors)
     if errors:
         raise InvalidEvent(errors)
     return {
@@ -127,11 +136,6 @@ def validate_event(
         "timestamp": timestamp,
         "received_at": received_at,
     }
-
-
-def to_epoch_micros(moment: datetime) -> int:
-    """An aware datetime in microseconds since the epoch (the subtraction applies its offset)."""
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _text(
@@ -168,27 +172,28 @@ def _timestamp(
         errors.append(FieldError("timestamp", "must be an ISO-8601 string"))
         return received_at
     try:
-        moment = datetime.fromisoformat(value)
+        # Aware minus aware applies the offset; a time without one cannot be subtracted.
+        micros = (datetime.fromisoformat(value) - _EPOCH) // _MICROSECOND
     except ValueError:
         errors.append(FieldError("timestamp", "must be an ISO-8601 date and time"))
         return received_at
-    if moment.tzinfo is None:
+    except TypeError:
         errors.append(FieldError("timestamp", "must include a UTC offset, e.g. Z or +02:00"))
         return received_at
-    micros = to_epoch_micros(moment)
     if not MIN_MICROS <= micros <= MAX_MICROS:  # e.g. 0001-01-01T00:00+01:00, before year 1 in UTC
         errors.append(FieldError("timestamp", "out of range"))
-        return received_at
-    if window.max_future_s is not None and micros > received_at + window.max_future_s * 1_000_000:
+    elif micros - received_at > window.max_future_us:
         errors.append(FieldError("timestamp", f"more than {window.max_future_s} s in the future"))
-    elif window.max_age_s is not None and micros < received_at - window.max_age_s * 1_000_000:
+    elif received_at - micros > window.max_age_us:
         errors.append(FieldError("timestamp", f"older than {window.max_age_s} s"))
-    return micros
+    else:
+        return micros
+    return received_at
 
 
-def _event_id(value: object, errors: list[FieldError]) -> str:
+def _event_id(value: object, received_at: int, errors: list[FieldError]) -> str:
     if value is None:
-        return uuid7()
+        return uuid7(received_at)
     if isinstance(value, str) and len(value) <= 45:
         try:
             return str(uuid.UUID(value))
