@@ -148,21 +148,19 @@ class BatchEndpoint(_IngestEndpoint):
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         try:
-            results = parse_batch(body, received_at, self._max_events, self._window)
+            batch = parse_batch(body, received_at, self._max_events, self._window)
         except InvalidBatch as exc:
             body_error = [{"field": "body", "message": str(exc)}]
             return 400, error_body("invalid_batch", str(exc), body_error), []
-        events = [r for r in results if not isinstance(r, InvalidEvent)]
-        invalid = [(index, r) for index, r in enumerate(results) if isinstance(r, InvalidEvent)]
-        if not events:
-            detail = [{"index": index, **d} for index, r in invalid for d in r.detail()]
+        if not batch.events:
+            detail = [{"index": index, **d} for index, r in batch.rejected for d in r.detail()]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
         answer = {
-            "accepted": len(events),
-            "event_ids": [event["event_id"] for event in events],
-            "rejected": [{"index": index, "detail": r.detail()} for index, r in invalid],
+            "accepted": len(batch.events),
+            "event_ids": [event["event_id"] for event in batch.events],
+            "rejected": [{"index": index, "detail": r.detail()} for index, r in batch.rejected],
         }
-        return 202, answer, events
+        return 202, answer, batch.events
 
 
 class PixelEndpoint(_IngestEndpoint):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -78,25 +78,30 @@ def parse_event(body: bytes, received_at: int, window: TimeWindow = UNBOUNDED) -
     return validate_event(data, received_at, window)
 
 
+class ParsedBatch(NamedTuple):
+    events: list[dict[str, Any]]  # the valid events, in the order sent
+    rejected: list[tuple[int, InvalidEvent]]  # (index in the batch, why) of the others
+
+
 def parse_batch(
     body: bytes, received_at: int, max_events: int, window: TimeWindow = UNBOUNDED
-) -> list[dict[str, Any] | InvalidEvent]:
-    """Parse a JSON array or NDJSON body; each item becomes its valid event or why it is invalid."""
+) -> ParsedBatch:
+    """Parse a JSON array or NDJSON body into its valid events and the invalid ones' faults."""
     items = _batch_items(body)
     if not items:
         raise InvalidBatch("the batch holds no events")
     if len(items) > max_events:
         raise InvalidBatch(f"more than {max_events} events in one batch")
-    results: list[dict[str, Any] | InvalidEvent] = []
-    for item in items:
+    batch = ParsedBatch([], [])
+    for index, item in enumerate(items):
         try:
             if isinstance(item, bytes):  # an NDJSON line, parsed on its own
-                results.append(parse_event(item, received_at, window))
+                batch.events.append(parse_event(item, received_at, window))
             else:
-                results.append(validate_event(item, received_at, window))
+                batch.events.append(validate_event(item, received_at, window))
         except InvalidEvent as exc:
-            results.append(exc)
-    return results
+            batch.rejected.append((index, exc))
+    return batch
 
 
 def _batch_items(body: bytes) -> list[Any]:
