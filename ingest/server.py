@@ -4,7 +4,7 @@ that the two differ only in what the app itself does."""
 from typing import Any
 
 SERVER_OPTIONS: dict[str, Any] = {
-    "interface": "asgi3",  # ingest.app.IngestRouter is a plain function returning a coroutine
+    "interface": "asgi3",  # IngestRouter.__call__ returns a coroutine: uvicorn cannot infer it
     "loop": "uvloop",
     "http": "httptools",
     "access_log": False,
