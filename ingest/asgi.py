@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Send
 
 from common.errors import error_body
 
@@ -26,16 +26,18 @@ class RequestError(Exception):
         self.body = error_body(code, message, [{"field": field, "message": message}])
 
 
-def request_headers(scope: Scope) -> dict[bytes, bytes]:
-    """The request headers by (lower-case) name, built in C in one step. Of a repeated
-    header the last one counts (X-Forwarded-For: the nearest proxy's line)."""
-    return dict(scope["headers"])
+def check_body_headers(headers: dict[bytes, bytes], limit: int) -> None:
+    """415 for a declared type that cannot hold JSON (no type at all is accepted); 413
+    for a body declared larger than `limit`, before any of it is read."""
+    declared = headers.get(b"content-type")
+    if declared is not None and declared != b"application/json":  # that one: at once
+        _check_content_type(declared)
+    length = headers.get(b"content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise _too_large(limit)
 
 
-def check_content_type(declared: bytes | None) -> None:
-    """415 for a declared type that cannot hold JSON; no type at all is accepted."""
-    if declared is None or declared == b"application/json":  # the common case, at once
-        return
+def _check_content_type(declared: bytes) -> None:
     media_type = declared.split(b";", 1)[0].strip().lower()
     if (
         media_type in _JSON_MEDIA_TYPES
@@ -46,12 +48,6 @@ def check_content_type(declared: bytes | None) -> None:
     raise RequestError(
         415, "unsupported_media_type", f"cannot read a {media_type.decode('latin-1')} body as JSON"
     )
-
-
-def check_declared_length(length: bytes | None, limit: int) -> None:
-    """413 for a body declared larger than `limit`, before any of it is read."""
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise _too_large(limit)
 
 
 async def read_rest(first: Message, receive: Receive, limit: int) -> bytes:
@@ -77,8 +73,8 @@ def _too_large(limit: int) -> RequestError:
 
 
 def render_json(payload: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of a JSON answer."""
-    body = orjson.dumps(payload)
+    """Headers and body of a JSON answer (bytes: already rendered)."""
+    body = payload if type(payload) is bytes else orjson.dumps(payload)
     return [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))], body
 
 

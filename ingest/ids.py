@@ -23,9 +23,4 @@ def uuid7(epoch_micros: int) -> str:
     the ingest server passes the time of receipt it has already read."""
     millis = epoch_micros // 1000 & 0xFFFF_FFFF_FFFF
     value = millis << 80 | _random.getrandbits(80) & _RANDOM_BITS | _FIXED_BITS
-    return uuid_text(value.to_bytes(16, "big"))
-
-
-def uuid_text(value: bytes) -> str:
-    """16 bytes in the canonical UUID form."""
-    return str(UUID(value))
+    return str(UUID(value.to_bytes(16, "big")))

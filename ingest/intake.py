@@ -32,10 +32,6 @@ class Intake:
     backlog: BacklogMonitor
     store_client_info: bool
 
-    def check_capacity(self) -> None:
-        if self.backlog.exceeded:
-            raise Overloaded
-
     def submit(
         self, events: list[dict[str, Any]], ip: str, user_agent: str
     ) -> Awaitable[None] | None:
