@@ -129,7 +129,8 @@ def validate_event(
     path = _text(data, "path", MAX_PATH, errors) or DEFAULT_PATH
     user_id = _text(data, "user_id", MAX_USER_ID, errors)
     timestamp = _timestamp(data.get("timestamp"), received_at, window, errors)
-    event_id = _event_id(data.get("event_id"), received_at, errors)
+    event_id = data.get("event_id")
+    event_id = uuid7(received_at) if event_id is None else _event_id(event_id, errors)
     if errors:
         raise InvalidEvent(errors)
     return {
@@ -196,9 +197,8 @@ def _timestamp(
     return received_at
 
 
-def _event_id(value: object, received_at: int, errors: list[FieldError]) -> str:
-    if value is None:
-        return uuid7(received_at)
+def _event_id(value: object, errors: list[FieldError]) -> str:
+    """The client's own id, for retries that must not count twice."""
     if isinstance(value, str) and len(value) <= 45:
         try:
             return str(uuid.UUID(value))
