@@ -69,6 +69,17 @@ class Measured:
         except (FileNotFoundError, ProcessLookupError, ValueError):
             pass  # exited between the checks: the last sample stands
 
+    def check_running(self) -> None:
+        """Fail loudly if the process has exited on its own (its log's end in the error)."""
+        if self.process.poll() is not None:
+            self._log.flush()
+            with open(self._log.name, "rb") as log:
+                tail = log.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(
+                f"{' '.join(map(str, self.process.args))} exited with "
+                f"{self.process.returncode} while it was measured:\n{tail}"
+            )
+
     def stop(self) -> None:
         if self.returncode is None:
             self._sample_peak()  # the high-water mark so far, before shutting down

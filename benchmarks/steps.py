@@ -246,6 +246,7 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
             )
             stop.set()
             probe.join(timeout=30)
+            processor.check_running()  # a processor that died would leave its peak unknown
     finally:
         processor.stop()
     if len(samples) < 20:
