@@ -37,6 +37,7 @@ class Measured:
     """
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path):
+        self.command = command
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
@@ -70,15 +71,19 @@ class Measured:
             pass  # exited between the checks: the last sample stands
 
     def check_running(self) -> None:
-        """Fail loudly if the process has exited on its own (its log's end in the error)."""
+        """Fail loudly if the process has exited on its own."""
         if self.process.poll() is not None:
-            self._log.flush()
-            with open(self._log.name, "rb") as log:
-                tail = log.read()[-2000:].decode(errors="replace")
-            raise RuntimeError(
-                f"{' '.join(map(str, self.process.args))} exited with "
-                f"{self.process.returncode} while it was measured:\n{tail}"
-            )
+            raise self.failure("exited while it was measured")
+
+    def failure(self, what: str) -> RuntimeError:
+        """An error saying what went wrong, with the end of the process's log: the logs
+        live in a temporary folder that is gone once the benchmark stops."""
+        self._log.flush()
+        with open(self._log.name, "rb") as log:
+            tail = log.read()[-3000:].decode(errors="replace")
+        return RuntimeError(
+            f"{' '.join(self.command)} {what} (status {self.process.poll()}):\n{tail}"
+        )
 
     def stop(self) -> None:
         if self.returncode is None:

@@ -158,7 +158,7 @@ def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
         command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
         processor = Measured(command, ctx.env(log_level="INFO"), log_path)
         if processor.wait(timeout=600) != 0:
-            raise RuntimeError(f"the processor failed; see {log_path}")
+            raise processor.failure("failed")
         assert processor.peak_rss_mb is not None
         rss.append(processor.peak_rss_mb)
         found = PROCESSED.search(log_path.read_bytes())
