@@ -37,9 +37,13 @@ async def trim_floor(client: redis.Redis, stream_key: str) -> tuple[int, int] | 
         return None
     floor: tuple[int, int] | None = None
     for group in groups:
+        oldest_pending = None
         if int(group["pending"]) > 0:
-            summary = await client.xpending(stream_key, group["name"])
-            needed = parse_id(summary["min"])
+            # None when another consumer acknowledged them since XINFO: then the rule for
+            # a group with nothing pending holds (its last delivered id can only be older).
+            oldest_pending = (await client.xpending(stream_key, group["name"]))["min"]
+        if oldest_pending is not None:
+            needed = parse_id(oldest_pending)
         else:  # everything up to the last delivered entry is acknowledged
             millis, sequence = parse_id(group["last-delivered-id"])
             needed = (millis, sequence + 1)

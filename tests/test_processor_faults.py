@@ -28,7 +28,7 @@ from common.config import Settings
 from common.constants import EVENT_FIELD
 from common.migrate import prepare_database
 from ingest.validation import parse_event
-from processor.maintenance import apply_retention
+from processor.maintenance import apply_retention, parse_id, trim_floor, trim_stream
 from tests import datasets
 from tests.conftest import ROOT, drain, make_processor, settings_env
 from tests.servers import PrivatePostgres, PrivateRedis
@@ -359,6 +359,36 @@ async def test_the_stream_is_never_trimmed_past_a_pending_entry(
     await drain(settings, redis_client, db)
     assert await redis_client.xlen(settings.stream_key) == 0
     assert await db.fetchval("SELECT count(*) FROM events") == 100
+
+
+class AcknowledgingFirst(redis.Redis):
+    """A real client whose XPENDING comes just after another consumer acknowledged
+    everything pending: the race between trim_floor's two reads, made certain."""
+
+    async def xpending(self, name, groupname):  # type: ignore[no-untyped-def,override]
+        for entry in await super().xpending_range(name, groupname, "-", "+", 1_000):
+            await super().xack(name, groupname, entry["message_id"])
+        return await super().xpending(name, groupname)
+
+
+async def test_trimming_survives_entries_acknowledged_between_its_reads(
+    settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    await enqueue(redis_client, settings.stream_key, [{"site_id": "s", "event_type": "e"}] * 10)
+    await make_processor(settings, redis_client, db).ensure_group()
+    [(_, delivered)] = await redis_client.xreadgroup(
+        settings.consumer_group, "other", {settings.stream_key: ">"}, count=6
+    )
+    client = AcknowledgingFirst.from_url(settings.redis_url)
+    try:
+        # XINFO sees 6 pending, XPENDING none: the floor is just past the 6th entry, the
+        # oldest that was never delivered.
+        millis, sequence = parse_id(delivered[-1][0])
+        assert await trim_floor(client, settings.stream_key) == (millis, sequence + 1)
+        await trim_stream(client, settings.stream_key)
+    finally:
+        await client.aclose()
+    assert await redis_client.xlen(settings.stream_key) >= 4  # XTRIM ~ keeps whole nodes
 
 
 async def test_retention_drops_old_partitions_and_keeps_aggregates(
