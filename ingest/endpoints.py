@@ -92,8 +92,7 @@ class _IngestEndpoint:
             status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
             if events:
                 peer = scope["client"][0] if scope.get("client") else ""
-                forwarded_for = headers.get(b"x-forwarded-for")
-                ip = peer if forwarded_for is None else self._clients.client_ip(peer, forwarded_for)
+                ip = self._clients.client_ip(peer, headers.get(b"x-forwarded-for"))
                 user_agent = headers.get(b"user-agent", b"").decode("latin-1")
                 written = intake.submit(events, ip, user_agent)
                 if written is None:
