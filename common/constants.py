@@ -34,6 +34,7 @@ MIGRATION_LOCK_KEY = 0x616E6C7974696373
 # a datetime can hold), well inside PostgreSQL's range.
 MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+MICROS_PER_DAY = 86_400_000_000
 
 # Longest accepted values, in characters.
 MAX_SITE_ID = 128

@@ -26,7 +26,7 @@ from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.intake import Intake
-from ingest.redis_pipe import RedisPipe
+from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.visitors import VisitorHasher
 from report.endpoints import stats
@@ -92,8 +92,13 @@ def create_app(settings: Settings) -> IngestRouter:
             await client.ping()
         except (RedisError, OSError) as exc:
             logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
+        # The consumer group exists wherever events are: a processor cannot create it once
+        # Redis is at maxmemory (XGROUP CREATE is refused there), so the writer does.
+        create_group = pack(
+            "XGROUP", "CREATE", settings.stream_key, settings.consumer_group, "0", "MKSTREAM"
+        )
         writer = StreamWriter(
-            RedisPipe(settings.redis_url),
+            RedisPipe(settings.redis_url, on_connect=[create_group]),
             settings.stream_key,
             settings.ignored_key_prefix,
             settings.redis_timeout_ms / 1000,
@@ -103,7 +108,7 @@ def create_app(settings: Settings) -> IngestRouter:
         )
         intake = Intake(
             writer,
-            VisitorHasher(client, settings.salt_key_prefix),
+            VisitorHasher(client, settings.salt_key_prefix, settings.max_age_seconds),
             backlog,
             settings.store_client_info,
         )

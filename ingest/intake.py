@@ -1,7 +1,7 @@
 """What happens to validated events at the edge, in order: each step enriches or drops.
 
 1. bots: known crawlers, monitors and previewers are dropped (answered "ignored"), counted;
-2. visitors: an event without a user_id gets the day's salted visitor hash;
+2. visitors: an event without a user_id gets the salted visitor hash of its day;
 3. client info: the IP address and User-Agent are kept only where configured;
 4. the events are appended to the stream; the request is answered once Redis has them.
 """
@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from ingest.backlog import BacklogMonitor
 from ingest.bots import is_bot
 from ingest.stream_writer import StreamUnavailable, StreamWriter
-from ingest.visitors import VisitorHasher
+from ingest.visitors import SaltNotLoaded, VisitorHasher
 
 
 class Overloaded(Exception):
@@ -41,23 +41,28 @@ class Intake:
         if is_bot(user_agent):
             self.writer.count_ignored([event["site_id"] for event in events])
             return None
-        if not self.visitors.is_ready() and any(event["user_id"] is None for event in events):
-            return self._submit_after_loading_salt(events, ip, user_agent)
-        return self._append(events, ip, user_agent)
+        try:
+            return self._append(events, ip, user_agent)
+        except SaltNotLoaded:  # once per process and day
+            return self._append_after_loading_salts(events, ip, user_agent)
 
-    async def _submit_after_loading_salt(
+    async def _append_after_loading_salts(
         self, events: list[dict[str, Any]], ip: str, user_agent: str
     ) -> None:
+        anonymous = [event["timestamp"] for event in events if event["user_id"] is None]
         try:
-            await self.visitors.ready()
+            await self.visitors.load(anonymous)
         except (RedisError, OSError) as exc:
             raise StreamUnavailable(repr(exc)) from exc
         await self._append(events, ip, user_agent)
 
     def _append(self, events: list[dict[str, Any]], ip: str, user_agent: str) -> Awaitable[None]:
+        visitor_id = self.visitors.visitor_id
         for event in events:
             if event["user_id"] is None:
-                event["visitor_id"] = self.visitors.visitor_id(event["site_id"], ip, user_agent)
+                event["visitor_id"] = visitor_id(
+                    event["timestamp"], event["site_id"], ip, user_agent
+                )
         if self.store_client_info:
             for event in events:
                 event["client_ip"] = ip or None

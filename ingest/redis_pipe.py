@@ -25,9 +25,13 @@ def pack(*args: bytes | str | int) -> bytes:
 
 
 class RedisPipe:
-    """Not safe for concurrent use: the caller keeps at most one `execute` in flight."""
+    """Not safe for concurrent use: the caller keeps at most one `execute` in flight.
 
-    def __init__(self, url: str):
+    `on_connect`: commands sent on every new connection before anything else, whose error
+    replies are expected and ignored (creating something that may exist already).
+    """
+
+    def __init__(self, url: str, on_connect: list[bytes] | None = None):
         options = parse_url(url)
         self._host: str = options.get("host", "127.0.0.1")
         self._port: int = int(options.get("port", 6379))
@@ -38,6 +42,7 @@ class RedisPipe:
             self._handshake.append(pack("AUTH", user, options["password"]))
         if options.get("db"):
             self._handshake.append(pack("SELECT", int(options["db"])))
+        self._on_connect = list(on_connect or ())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = hiredis.Reader()
@@ -73,6 +78,9 @@ class RedisPipe:
             for reply in await self._read_replies(len(self._handshake)):
                 if isinstance(reply, hiredis.ReplyError):
                     raise RedisPipeError(f"handshake refused: {reply}")
+        if self._on_connect:
+            self._writer.write(b"".join(self._on_connect))
+            await self._read_replies(len(self._on_connect))  # errors expected: ignored
 
     async def _read_replies(self, count: int) -> list[Any]:
         assert self._reader is not None

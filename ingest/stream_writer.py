@@ -4,6 +4,10 @@ Each request hands its encoded events to `append` and awaits its own result. One
 is in flight at a time; events that arrive meanwhile accumulate and go out together in
 the next write, so a busy server makes one Redis round trip per few dozen requests, and
 an idle one sends each event at once without waiting on a timer.
+
+One request's events are written all or nothing: a single event is one XADD, several
+are one MULTI/EXEC block, so that a write that fails half way (Redis full, the
+connection lost) leaves none of that request's events behind for its retry to repeat.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import hiredis
 
@@ -24,6 +29,9 @@ logger = logging.getLogger(__name__)
 _Waiter = tuple[list[bytes], asyncio.Future[None]]
 
 IGNORED_TTL_S = 90 * 86_400
+
+_MULTI = pack("MULTI")
+_EXEC = pack("EXEC")
 
 
 class StreamUnavailable(Exception):
@@ -78,11 +86,17 @@ class StreamWriter:
 
     async def _flush(self, batch: list[_Waiter], ignored: Counter[tuple[str, str]]) -> None:
         prefix = self._xadd_prefix
-        commands = [
-            b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload)
-            for payloads, _ in batch
-            for payload in payloads
-        ]
+        commands: list[bytes] = []
+        transactions = False
+        for payloads, _ in batch:
+            if len(payloads) == 1:
+                payload = payloads[0]
+                commands.append(b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload))
+            else:
+                transactions = True
+                commands.append(_MULTI)
+                commands.extend(b"%s$%d\r\n%s\r\n" % (prefix, len(p), p) for p in payloads)
+                commands.append(_EXEC)
         for (key, site), count in ignored.items():  # after the XADDs: replies stay aligned
             commands.append(pack("HINCRBY", key, site, count))
             commands.append(pack("EXPIRE", key, IGNORED_TTL_S))
@@ -90,26 +104,48 @@ class StreamWriter:
             async with asyncio.timeout(self._timeout_s):
                 replies = await self._pipe.execute(commands)
         except (OSError, TimeoutError) as exc:
-            logger.warning("stream write of %d events failed: %r", len(commands), exc)
+            # Each request's events were sent as one command or one MULTI/EXEC: Redis has
+            # all of a request's events or none, and which is unknown.
+            logger.warning("stream write of %d commands failed: %r", len(commands), exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StreamUnavailable(repr(exc)))
             return
-        if hiredis.ReplyError not in set(map(type, replies)):  # the common case, told in C
-            for _, future in batch:
+        if not transactions and hiredis.ReplyError not in set(map(type, replies)):
+            for _, future in batch:  # the common case, told in C
                 if not future.done():  # done: cancelled, its client went away
                     future.set_result(None)
             return
-        refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-        logger.warning("Redis refused %d commands: %s", len(refused), refused[0])
+        self._settle_each(batch, replies)
+
+    def _settle_each(self, batch: list[_Waiter], replies: list[Any]) -> None:
+        """Each request's outcome from its own replies: its XADD's, or its EXEC's (a list
+        of the XADDs' replies, or an error when Redis refused the transaction)."""
         position = 0
+        refused: list[Any] = []
         for payloads, future in batch:
-            mine = replies[position : position + len(payloads)]
-            position += len(payloads)
+            if len(payloads) == 1:
+                outcome = replies[position]
+                position += 1
+            else:
+                position += len(payloads) + 2  # MULTI, the XADDs (QUEUED), EXEC
+                outcome = replies[position - 1]
+            errors = _errors(outcome)
+            refused += errors
             if future.done():
                 continue
-            errors = [r for r in mine if isinstance(r, hiredis.ReplyError)]
             if errors:
                 future.set_exception(StreamUnavailable(str(errors[0])))
             else:
                 future.set_result(None)
+        if refused:
+            logger.warning("Redis refused %d requests' writes: %s", len(refused), refused[0])
+
+
+def _errors(reply: Any) -> list[hiredis.ReplyError]:
+    """The error replies in a reply: itself, or inside an EXEC's list."""
+    if isinstance(reply, hiredis.ReplyError):
+        return [reply]
+    if isinstance(reply, list):
+        return [r for r in reply if isinstance(r, hiredis.ReplyError)]
+    return []

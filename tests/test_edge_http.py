@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -153,10 +154,50 @@ async def test_anonymous_visitors_get_a_salted_daily_hash(
     assert visitors[4] is None  # a known user needs no hash
     # The raw IP and User-Agent are not kept by default.
     assert all("client_ip" not in e and "user_agent" not in e for e in events)
-    # The day's salt is shared through Redis and expires.
+    # The day's salt is shared through Redis and expires a day after the last moment an
+    # event of that day can still be accepted.
     salts = [key async for key in redis_client.scan_iter(match=f"{settings.salt_key_prefix}*")]
     assert len(salts) == 1
-    assert 0 < await redis_client.ttl(salts[0]) <= 2 * 86_400
+    assert 0 < await redis_client.ttl(salts[0]) <= 2 * 86_400 + settings.max_age_seconds
+
+
+async def test_the_visitor_salt_is_that_of_the_events_day_not_of_its_receipt(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """A visitor is counted on the day the event happened: an event sent late, or just
+    across midnight, hashes with the salt of that day, as the visitor's other events of
+    that day did when they were sent on it."""
+    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
+    moments = {
+        "23:59:59 yesterday": midnight - timedelta(seconds=1),
+        "00:00:01 today": midnight + timedelta(seconds=1),
+        "three days ago": midnight - timedelta(days=3) + timedelta(hours=9),
+    }
+    for moment in moments.values():
+        response = await http.post(
+            "/event",
+            json={"site_id": "s", "event_type": "page_view", "timestamp": moment.isoformat()},
+            headers={"user-agent": FIREFOX},
+        )
+        assert response.status_code == 202
+    events = await stream_events(redis_client, settings)
+
+    def expected(moment: datetime) -> str:
+        return str(
+            uuid.UUID(
+                bytes=hashlib.blake2b(
+                    f"s\x00127.0.0.1\x00{FIREFOX}".encode(), key=salts[moment], digest_size=16
+                ).digest()
+            )
+        )
+
+    salts = {}
+    for moment in moments.values():
+        day = int(moment.timestamp()) // 86_400
+        salts[moment] = await redis_client.get(f"{settings.salt_key_prefix}{day}")
+        assert salts[moment], f"no salt for day {day}"
+    assert [e["visitor_id"] for e in events] == [expected(m) for m in moments.values()]
+    assert len({e["visitor_id"] for e in events}) == 3  # each day its own visitor id
 
 
 async def test_client_info_is_stored_when_configured_and_proxies_are_trusted_only_if_listed(
