@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import sys
@@ -21,6 +22,36 @@ _BOOLEANS = {
     "no": False,
     "off": False,
 }
+
+# The accepted range of each integer setting and the unit it is counted in: the one
+# table that from_env checks, the tests walk and the README's Configuration states.
+RANGES: dict[str, tuple[int, int, str]] = {
+    "port": (1, 65_535, ""),
+    "batch_size": (1, 10_000, "entries"),
+    "writers": (1, 32, "consumers"),
+    "block_ms": (10, 60_000, "ms"),  # 0 would make XREADGROUP block forever
+    # Much less would steal batches that live consumers are still writing (wasted work,
+    # never a wrong figure: storage is idempotent); 0 would take every pending entry.
+    "claim_min_idle_ms": (100, 86_400_000, "ms"),
+    "claim_interval_ms": (10, 3_600_000, "ms"),
+    # Under 2, one redelivery after a crash would already dead-letter an entry.
+    "max_deliveries": (2, 1_000, "deliveries"),
+    "maintenance_interval_ms": (10, 3_600_000, "ms"),
+    "retention_days": (0, 36_500, "days"),  # a huge value overflows the cutoff date
+    "redis_timeout_ms": (10, 60_000, "ms"),
+    "max_body_bytes": (1_024, 67_108_864, "bytes"),
+    "max_batch_events": (1, 10_000, "events"),
+    "max_future_seconds": (0, 31_622_400, "s"),
+    "max_age_seconds": (0, 315_360_000, "s"),
+    "max_backlog": (1, 1_000_000_000, "events"),
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+URL_SCHEMES = {
+    "redis_url": ("redis", "rediss", "unix"),
+    "database_url": ("postgresql", "postgres"),
+}
+# Names that go into Redis keys, logs and the bind call as they are.
+_NAMES = ("host", "stream_key", "consumer_group", "consumer_name")
 
 
 class ConfigError(ValueError):
@@ -92,6 +123,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; ConfigError names the first variable that is
+        out of its range. Settings(...) itself checks nothing: tests go outside on purpose."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
@@ -105,21 +138,108 @@ class Settings:
                 values[field.name] = _BOOLEANS[raw.lower()]
             elif field.type == "int":
                 try:
-                    number = int(raw)
+                    values[field.name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-                if number < 0:
-                    raise ConfigError(f"{name} must not be negative, got {number}")
-                values[field.name] = number
             else:
                 if not raw and field.default != "":  # empty only where that is the default
                     raise ConfigError(f"{name} must not be empty")
                 values[field.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
-        for name in ("batch_size", "writers"):
-            if getattr(settings, name) < 1:
-                raise ConfigError(f"{name.upper()} must be at least 1")
+        _validate(settings)
         return settings
+
+
+def _validate(settings: Settings) -> None:
+    """Raise ConfigError for the first value the services cannot use (defaults included)."""
+    for field, (low, high, unit) in RANGES.items():
+        value = getattr(settings, field)
+        if not low <= value <= high:
+            suffix = f" {unit}" if unit else ""
+            raise ConfigError(f"{field.upper()} must be from {low} to {high}{suffix}, got {value}")
+    days, age = settings.retention_days, settings.max_age_seconds
+    # An event dropped by retention must be too old to be accepted again if resent.
+    if days and days * 86_400 <= age:
+        raise ConfigError(
+            f"RETENTION_DAYS ({days} days) must keep events longer than MAX_AGE_SECONDS "
+            f"({age} s) lets them arrive, else a late resend of a dropped event is stored "
+            f"again: set RETENTION_DAYS to at least {age // 86_400 + 1}, or to 0"
+        )
+    for field in _NAMES:
+        value = getattr(settings, field)
+        if not value or not _is_clean(value):
+            raise ConfigError(
+                f"{field.upper()} must be non-empty, without whitespace or control "
+                f"characters, got {value!r}"
+            )
+    for field, schemes in URL_SCHEMES.items():
+        url = getattr(settings, field)
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in schemes:
+            raise ConfigError(
+                f"{field.upper()} must be a URL with scheme {' or '.join(schemes)}, "
+                f"got {redact_url(url)!r}"
+            )
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
+    _check_proxies(settings.trusted_proxies)
+    _check_origins(settings.cors_origins)
+
+
+def _is_clean(text: str) -> bool:
+    return not any(char.isspace() or not char.isprintable() for char in text)
+
+
+def _items(text: str) -> list[str]:
+    """The items of a comma-separated list, as ingest reads them (blanks left out)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _check_proxies(value: str) -> None:
+    for item in _items(value):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"TRUSTED_PROXIES must list IP addresses or networks, got {item!r}"
+            ) from None
+
+
+def _check_origins(value: str) -> None:
+    origins = _items(value)
+    if origins == ["*"]:
+        return
+    if not origins:
+        raise ConfigError(f"CORS_ORIGINS must be '*' or list origins, got {value!r}")
+    for origin in origins:
+        if not _is_origin(origin):
+            raise ConfigError(
+                "CORS_ORIGINS must be '*' or comma-separated origins "
+                f"scheme://host[:port] with scheme http or https, got {origin!r}"
+            )
+
+
+def _is_origin(text: str) -> bool:
+    """Whether `text` is scheme://host[:port], the form of a browser's Origin header:
+    anything more (a path, even a trailing slash) would never match one."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- raises ValueError when the port is not a port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and not parts.netloc.endswith(":")
+        and text == f"{parts.scheme}://{parts.netloc}"
+        and _is_clean(text)
+    )
 
 
 def settings_or_exit() -> Settings:

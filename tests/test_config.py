@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import pytest
 
-from common.config import ConfigError, Settings, redact_url
+from common.config import RANGES, ConfigError, Settings, redact_url
+from tests.conftest import ROOT
+
+# Nothing listens on port 1: a process that reached for these would fail or retry.
+UNREACHABLE = {
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "DATABASE_URL": "postgresql://app@127.0.0.1:1/analytics",
+}
 
 
 def test_defaults_match_the_original_design() -> None:
@@ -27,11 +39,189 @@ def test_variables_are_read_and_typed() -> None:
         {"WRITERS": "0"},
         {"BLOCK_MS": "-1"},
         {"STREAM_KEY": ""},
+        {"STORE_CLIENT_INFO": "maybe"},
     ],
 )
 def test_bad_values_are_refused_by_name(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):
         Settings.from_env(env)
+
+
+def test_every_integer_setting_has_a_range() -> None:
+    integers = {field.name for field in dataclasses.fields(Settings) if field.type == "int"}
+    assert integers == set(RANGES)
+
+
+def test_the_defaults_are_inside_their_ranges() -> None:
+    defaults = Settings()
+    for field, (low, high, _unit) in RANGES.items():
+        assert low <= getattr(defaults, field) <= high, field
+    Settings.from_env({})  # checks the other defaults too: names, URLs, origins, level
+
+
+def _bounds(offset: int) -> list[tuple[str, int]]:
+    """(field, value) at each end of each range, moved outwards by `offset`."""
+    return [
+        (field, value)
+        for field, (low, high, _unit) in RANGES.items()
+        for value in (low - offset, high + offset)
+    ]
+
+
+@pytest.mark.parametrize(("field", "value"), _bounds(0), ids=lambda p: str(p))
+def test_each_bound_is_accepted(field: str, value: int) -> None:
+    assert getattr(Settings.from_env({field.upper(): str(value)}), field) == value
+
+
+@pytest.mark.parametrize(("field", "value"), _bounds(1), ids=lambda p: str(p))
+def test_one_past_each_bound_is_refused_naming_variable_range_and_value(
+    field: str, value: int
+) -> None:
+    low, high, unit = RANGES[field]
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({field.upper(): str(value)})
+    message = str(refused.value)
+    assert message.startswith(field.upper() + " ")
+    assert f"from {low} to {high}{' ' + unit if unit else ''}," in message
+    assert message.endswith(f"got {value}")
+
+
+@pytest.mark.parametrize(
+    ("retention_days", "max_age_seconds", "accepted"),
+    [
+        (7, 7 * 86_400, False),  # the default age: a week of retention is not enough
+        (8, 7 * 86_400, True),
+        (1, 86_399, True),
+        (1, 86_400, False),
+        (0, 315_360_000, True),  # 0 keeps everything, whatever the age
+    ],
+)
+def test_retention_must_outlast_the_accepted_age(
+    retention_days: int, max_age_seconds: int, accepted: bool
+) -> None:
+    env = {"RETENTION_DAYS": str(retention_days), "MAX_AGE_SECONDS": str(max_age_seconds)}
+    if accepted:
+        assert Settings.from_env(env).retention_days == retention_days
+        return
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert "RETENTION_DAYS" in str(refused.value) and "MAX_AGE_SECONDS" in str(refused.value)
+
+
+def test_trusted_proxies_accept_addresses_and_networks() -> None:
+    value = "10.0.0.0/8, 192.168.1.7,::1 , 2001:db8::/32, 172.16.5.4/12,"
+    assert Settings.from_env({"TRUSTED_PROXIES": value}).trusted_proxies == value
+
+
+def test_a_bad_trusted_proxy_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"TRUSTED_PROXIES .*'10\.0\.0\.300'"):
+        Settings.from_env({"TRUSTED_PROXIES": "10.0.0.1, 10.0.0.300, 10.0.0.2"})
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "*",
+        "https://shop.example",
+        "https://shop.example:8443, http://localhost:3000",
+        "http://[::1]:8080",
+    ],
+)
+def test_cors_origins_accepted(origins: str) -> None:
+    assert Settings.from_env({"CORS_ORIGINS": origins}).cors_origins == origins
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "https://shop.example/",  # a browser's Origin never ends with a slash
+        "https://shop.example/path",
+        "shop.example",
+        "ftp://shop.example",
+        "HTTPS://shop.example",
+        "https://shop.example:99999",
+        "https://user@shop.example",
+        "*, https://shop.example",
+        " , ",
+    ],
+)
+def test_cors_origins_refused(origins: str) -> None:
+    with pytest.raises(ConfigError, match="CORS_ORIGINS"):
+        Settings.from_env({"CORS_ORIGINS": origins})
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "accepted"),
+    [
+        ("REDIS_URL", "redis://r:6379/0", True),
+        ("REDIS_URL", "rediss://r:6380/0", True),
+        ("REDIS_URL", "unix:///run/redis.sock?db=0", True),
+        ("REDIS_URL", "http://r:6379/0", False),
+        ("REDIS_URL", "127.0.0.1:6379", False),
+        ("DATABASE_URL", "postgresql://app@db/analytics", True),
+        ("DATABASE_URL", "postgres://app@db/analytics", True),
+        ("DATABASE_URL", "mysql://app@db/analytics", False),
+    ],
+)
+def test_url_schemes(name: str, url: str, accepted: bool) -> None:
+    if accepted:
+        assert getattr(Settings.from_env({name: url}), name.lower()) == url
+        return
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: url})
+
+
+def test_a_refused_url_is_shown_without_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": "mysql://app:s3cret@db/analytics"})
+    assert "s3cret" not in str(refused.value) and "app:***@db" in str(refused.value)
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "info", "Warning", "error", "CRITICAL"])
+def test_log_levels_in_any_case(level: str) -> None:
+    assert Settings.from_env({"LOG_LEVEL": level}).log_level == level
+
+
+def test_an_unknown_log_level_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"LOG_LEVEL .*'verbose'"):
+        Settings.from_env({"LOG_LEVEL": "verbose"})
+
+
+@pytest.mark.parametrize("name", ["STREAM_KEY", "CONSUMER_GROUP", "CONSUMER_NAME", "HOST"])
+@pytest.mark.parametrize("value", ["a b", "a\tb", "ab\n", "a\x00b", "a\x7fb"])
+def test_names_refuse_whitespace_and_control_characters(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_the_readme_states_each_range() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if "|" in line}
+    for field, (low, high, unit) in RANGES.items():
+        assert f"{low} to {high}{' ' + unit if unit else ''}" in rows[field.upper()], field
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    """This run's environment without any variable of ours, plus `variables`."""
+    ours = {field.name.upper() for field in dataclasses.fields(Settings)}
+    env = {name: value for name, value in os.environ.items() if name not in ours}
+    return {**env, **variables}
+
+
+def test_the_processor_started_with_block_ms_0_exits_with_status_2_naming_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "processor"],
+        cwd=ROOT,
+        env=_environment(BLOCK_MS="0", **UNREACHABLE),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert "BLOCK_MS" in line
 
 
 def test_passwords_never_appear_in_the_repr() -> None:
