@@ -7,8 +7,15 @@ Acknowledging only after the commit gives at-least-once delivery; the idempotent
 - PostgreSQL or Redis unavailable: the batch in hand is kept and retried with capped
   exponential backoff, acknowledging nothing, and failures are logged once per interval;
 - an entry the database rejects is isolated by splitting the batch, and dead-lettered
-  with the error; so is one delivered more than MAX_DELIVERIES times (it keeps killing
-  its consumers), so that no entry blocks the stream;
+  with the error; one redelivered past half of MAX_DELIVERIES is stored alone; one
+  delivered more than MAX_DELIVERIES times is dead-lettered if it was never stored (it
+  keeps killing its consumers) and acknowledged if it was: no entry blocks the stream,
+  and only entries that failed are dead-lettered, each with its own reason;
+- a consumer group that vanishes (deleted, Redis restarted empty) is created again from
+  the stream's start, wherever the loss shows: entries stored already are duplicates;
+- a monthly partition that cannot be made leaves its batch pending, retried and logged
+  as an error, until an operator fixes it: events are never dead-lettered for it;
+- acknowledgements and dead letters work at Redis's maxmemory (see full_redis.py);
 - entries that a stopped consumer left pending are taken over with XAUTOCLAIM;
 - stopping (SIGTERM, SIGINT) finishes, commits and acknowledges the batch in hand.
 """
@@ -16,6 +23,7 @@ Acknowledging only after the commit gives at-least-once delivery; the idempotent
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -30,8 +38,9 @@ from redis.exceptions import RedisError, ResponseError
 from common.config import Settings
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
+from processor.full_redis import DeadLetterWriter, GroupCreator
 from processor.maintenance import parse_id
-from processor.store import EventStore, StoreResult
+from processor.store import EventStore, PartitionUnavailable, StoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +55,15 @@ POISON = (
     asyncpg.ProgramLimitExceededError,
 )
 # Anything else from PostgreSQL or Redis is retried until it works or we stop.
-UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError, TimeoutError)
+# (A partition that cannot be created is the operator's to fix: its events wait.)
+UNAVAILABLE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    PartitionUnavailable,
+    RedisError,
+    OSError,
+    TimeoutError,
+)
 
 
 class Stopping(Exception):
@@ -86,6 +103,10 @@ class StreamProcessor:
         self._redis = client
         self._pool = pool
         self._store = EventStore(pool)
+        self._group_creator = GroupCreator(client, settings.stream_key, settings.consumer_group)
+        self._dead_letters = DeadLetterWriter(
+            client, settings.stream_key, settings.consumer_group, settings.dead_letter_key
+        )
         self._stream = settings.stream_key
         self._group = settings.consumer_group
         self._consumer = settings.consumer_name
@@ -96,13 +117,22 @@ class StreamProcessor:
         self.first_batch_at: float | None = None  # perf_counter() when the first batch began
 
     async def ensure_group(self) -> None:
-        """Create the group from the stream's start, so nothing enqueued earlier is skipped."""
-        try:
-            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
+        """Create the group from the stream's start, so nothing enqueued earlier is skipped
+        (also at maxmemory, where XGROUP CREATE itself is refused: see full_redis.py)."""
+        if await self._group_creator.create():
             logger.info("created consumer group %s on %s", self._group, self._stream)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+
+    async def _recreate_group(self) -> bool:
+        """The group vanished (deleted, or Redis restarted empty): create it again from
+        the start of the stream. Entries stored already come again and are found to be
+        duplicates; none is skipped. False when it cannot be created now."""
+        logger.warning("consumer group %s is gone: creating it again", self._group)
+        try:
+            await self.ensure_group()
+        except UNAVAILABLE as exc:
+            logger.warning("cannot create consumer group %s yet: %r", self._group, exc)
+            return False
+        return True
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False, maintain: bool = True) -> None:
         """Process until `stop` is set, or, with `drain`, until no entry is left to read.
@@ -191,10 +221,13 @@ class StreamProcessor:
         batch = decode_entries(entries) if decoded is None else decoded
         undecodable = len(batch.rejected)
         rows, row_ids = batch.rows, batch.row_ids
+        alone_inserted = 0
         if redelivered and rows:
-            rows, row_ids = await self._drop_over_delivered(batch)
+            rows, row_ids, alone = await self._triage_redelivered(batch)
+            alone_inserted = await self._store_alone(alone, batch.rejected)
         decoded_at = time.perf_counter()
         result = await self._store_isolating(rows, row_ids, batch.rejected)
+        result = dataclasses.replace(result, inserted=result.inserted + alone_inserted)
         stored_at = time.perf_counter()
         await self._acknowledged()  # the previous batch's, so that they stay in order
         acknowledge = functools.partial(self._acknowledge, batch, dict(entries))
@@ -240,8 +273,16 @@ class StreamProcessor:
             second = await self._store_isolating(rows[middle:], row_ids[middle:], rejected)
             return StoreResult(first.inserted + second.inserted, first.new_users + second.new_users)
 
-    async def _drop_over_delivered(self, batch: DecodedBatch) -> tuple[list[Row], list[bytes]]:
-        """Move entries delivered more than MAX_DELIVERIES times to `rejected`."""
+    async def _triage_redelivered(
+        self, batch: DecodedBatch
+    ) -> tuple[list[Row], list[bytes], list[tuple[Row, bytes]]]:
+        """Sort redelivered rows by how often they were delivered: the rows to store as
+        a batch, and those to store alone. An entry delivered often without being
+        acknowledged may be what stops its consumers (a crash in the middle of its
+        batch): past half of MAX_DELIVERIES it is stored alone, in a transaction of its
+        own, so that it cannot take its neighbours down with it; past MAX_DELIVERIES,
+        one never stored is dead-lettered, and one stored already (its acknowledgement
+        was what failed) is acknowledged."""
         ids = batch.row_ids
         first, last = min(ids, key=parse_id), max(ids, key=parse_id)
         details = await self._retrying(
@@ -257,13 +298,45 @@ class StreamProcessor:
         )
         counts = {d["message_id"]: int(d["times_delivered"]) for d in details}
         limit = self._settings.max_deliveries
-        keep = [i for i, entry_id in enumerate(ids) if counts.get(entry_id, 0) <= limit]
-        for entry_id in ids:
-            if counts.get(entry_id, 0) > limit:
-                batch.rejected[entry_id] = (
-                    f"delivered {counts[entry_id]} times without being stored"
-                )
-        return [batch.rows[i] for i in keep], [ids[i] for i in keep]
+        together: list[int] = []
+        alone: list[int] = []
+        over: list[int] = []
+        for index, entry_id in enumerate(ids):
+            deliveries = counts.get(entry_id, 0)
+            if deliveries > limit:
+                over.append(index)
+            elif deliveries > limit // 2:
+                alone.append(index)
+            else:
+                together.append(index)
+        if over:
+            stored = await self._retrying(
+                "looking up stored events",
+                lambda: self._store.stored_keys([batch.rows[i] for i in over]),
+            )
+            for index in over:
+                row, entry_id = batch.rows[index], ids[index]
+                if (row[1], row[0]) not in stored:
+                    batch.rejected[entry_id] = (
+                        f"delivered {counts[entry_id]} times without being stored: every "
+                        "consumer that read it stopped before its commit, also when it "
+                        "was stored alone"
+                    )
+        return (
+            [batch.rows[i] for i in together],
+            [ids[i] for i in together],
+            [(batch.rows[i], ids[i]) for i in alone],
+        )
+
+    async def _store_alone(self, alone: list[tuple[Row, bytes]], rejected: dict[bytes, str]) -> int:
+        """Store each row in a transaction of its own and acknowledge it at once."""
+        inserted = 0
+        for row, entry_id in alone:
+            inserted += (await self._store_isolating([row], [entry_id], rejected)).inserted
+            if entry_id not in rejected:
+                ack = functools.partial(self._redis.xack, self._stream, self._group, entry_id)
+                await self._retrying("acknowledging", ack)
+        return inserted
 
     async def _read_ahead(self) -> tuple[list[Entry], DecodedBatch]:
         read = functools.partial(self._read, ">", block=False)
@@ -271,20 +344,13 @@ class StreamProcessor:
         return entries, decode_entries(entries)
 
     async def _read(self, start_id: str, *, block: bool) -> list[Entry]:
-        try:
-            response = await self._redis.xreadgroup(
-                self._group,
-                self._consumer,
-                {self._stream: start_id},
-                count=self._settings.batch_size,
-                block=self._settings.block_ms if block else None,
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # Redis lost the group (restarted without persistence): make it again.
-            await self.ensure_group()
-            return []
+        response = await self._redis.xreadgroup(
+            self._group,
+            self._consumer,
+            {self._stream: start_id},
+            count=self._settings.batch_size,
+            block=self._settings.block_ms if block else None,
+        )
         if not response:
             return []
         # RESP2 shape (redis-py's default): [[stream, [(id, fields), ...]]]
@@ -292,19 +358,17 @@ class StreamProcessor:
         return entries
 
     async def _acknowledge(self, batch: DecodedBatch, fields: dict[bytes, Any]) -> None:
-        """Dead-letter the rejected entries and acknowledge the batch, atomically, in one
-        round trip: a crash cannot dead-letter an entry twice or lose one."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for entry_id, reason in batch.rejected.items():
+        """Acknowledge the batch: the stored entries (and duplicates) with a plain XACK,
+        which Redis accepts even at maxmemory (a MULTI it refuses there, and an XACK
+        frees memory); the rejected ones dead-lettered and acknowledged atomically."""
+        rejected = batch.rejected
+        handled = [entry_id for entry_id in batch.entry_ids if entry_id not in rejected]
+        if handled:
+            await self._redis.xack(self._stream, self._group, *handled)
+        if rejected:
+            for entry_id, reason in rejected.items():
                 logger.warning("dead-lettering entry %s: %s", entry_id.decode(), reason)
-                dead_letter: dict[Any, Any] = {
-                    **(fields.get(entry_id) or {}),
-                    b"dead_letter_source_id": entry_id,
-                    b"dead_letter_reason": reason,
-                }
-                pipe.xadd(self._settings.dead_letter_key, dead_letter)
-            pipe.xack(self._stream, self._group, *batch.entry_ids)
-            await pipe.execute()
+            await self._dead_letters.move(rejected, fields)
 
     async def maintain(self) -> None:
         """Trim the stream, keep partitions ahead, apply retention: failures only logged."""
@@ -335,6 +399,8 @@ class StreamProcessor:
                 await asyncio.sleep(random.uniform(0, 0.05))
                 continue
             except UNAVAILABLE as exc:
+                if _lost_group(exc) and await self._recreate_group():
+                    continue
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 log.failed(exc, delay)
@@ -345,9 +411,16 @@ class StreamProcessor:
             return result
 
 
+def _lost_group(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+
+
 async def _stopped_within(stop: asyncio.Event, delay: float) -> bool:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # that arrives as the wait ends, and then a SIGTERM would not stop the process.
     try:
-        await asyncio.wait_for(stop.wait(), delay)
+        async with asyncio.timeout(delay):
+            await stop.wait()
     except TimeoutError:
         return False
     return True

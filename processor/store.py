@@ -1,8 +1,8 @@
 """Writing one batch: COPY into staging, then one set-based statement, in one transaction.
 
-Only events whose event_id is new to `event_ids` are inserted into `events` and reach
-the aggregates, so a redelivered batch (committed, then not acknowledged before a crash)
-finds its event_ids stored already and changes nothing. Every multi-row write goes in key order, so that processors
+Only events whose (site_id, event_id) is new to `event_ids` are inserted into `events` and
+reach the aggregates, so a redelivered batch (committed, then not acknowledged before a
+crash) finds its keys stored already and changes nothing. Every multi-row write goes in key order, so that processors
 writing at the same time take row locks in the same order and cannot deadlock.
 """
 
@@ -13,10 +13,9 @@ from datetime import date
 
 import asyncpg
 
-from common.constants import PAGE_VIEW, STAGING_TABLE
+from common.constants import MICROS_PER_DAY, PAGE_VIEW, STAGING_TABLE
 from processor.decode import COLUMNS, Row
 
-MICROS_PER_DAY = 86_400_000_000
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # PostgreSQL counts time in microseconds since 2000-01-01 UTC, the stream since 1970-01-01.
 _PG_EPOCH_MICROS = 946_684_800_000_000
@@ -42,20 +41,20 @@ _STAGED_COLUMNS = ", ".join(f's."{column}"' for column in COLUMNS)
 
 STORE_STAGED = f"""
 WITH new_ids AS (
-    -- The idempotency check: only event_ids never stored before go on.
-    INSERT INTO event_ids (event_id, date)
-    SELECT DISTINCT ON (event_id) event_id, ("timestamp" AT TIME ZONE 'UTC')::date
+    -- The idempotency check: only (site, event_id) pairs never stored before go on.
+    INSERT INTO event_ids (event_id, site_id, date)
+    SELECT DISTINCT ON (event_id, site_id) event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
     FROM {STAGING_TABLE}
-    ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    ORDER BY event_id, site_id
+    ON CONFLICT (event_id, site_id) DO NOTHING
+    RETURNING event_id, site_id
 ),
 inserted AS (
     INSERT INTO events ({_COLUMN_LIST})
     -- DISTINCT ON: a batch may hold the same event twice (a client's retry).
-    SELECT DISTINCT ON (s.event_id) {_STAGED_COLUMNS}
-    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id)
-    ORDER BY s.event_id
+    SELECT DISTINCT ON (s.event_id, s.site_id) {_STAGED_COLUMNS}
+    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)
+    ORDER BY s.event_id, s.site_id
     RETURNING site_id, event_type, path, user_id, visitor_id,
         ("timestamp" AT TIME ZONE 'UTC')::date AS date
 ),
@@ -118,6 +117,12 @@ class StoreResult:
     new_users: int  # users and visitors new to their site and day
 
 
+class PartitionUnavailable(Exception):
+    """A monthly partition of `events` could not be made (a table of its name that is
+    not a partition, say). Not the data's fault: the batch waits, pending, and is retried
+    until an operator has fixed it."""
+
+
 class EventStore:
     """Stores batches, creating the monthly partitions of `events` they need first.
 
@@ -136,10 +141,27 @@ class EventStore:
                 try:
                     return await store_rows(conn, rows)
                 except asyncpg.CheckViolationError as exc:
-                    if attempt == 2 or "no partition" not in str(exc):
+                    if "no partition" not in str(exc):
                         raise
                     self._months.clear()
+                    if attempt == 2:
+                        raise PartitionUnavailable(
+                            f"a monthly partition of events is missing and cannot be "
+                            f"created (is a table of its name in the way?): {exc}"
+                        ) from exc
         raise AssertionError("unreachable")
+
+    async def stored_keys(self, rows: list[Row]) -> set[tuple[str, str]]:
+        """Which of these rows' (site_id, event_id) are stored already."""
+        async with self._pool.acquire() as conn:
+            found = await conn.fetch(
+                "SELECT site_id, event_id::text FROM event_ids"
+                " WHERE (event_id, site_id) IN"
+                " (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+            )
+        return {(record["site_id"], record["event_id"]) for record in found}
 
     async def ensure_months(self, conn: asyncpg.Connection, months: set[date]) -> None:
         missing = months - self._months

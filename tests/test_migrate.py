@@ -37,3 +37,39 @@ async def test_concurrent_starts_apply_each_migration_once() -> None:
             await conn.close()
     finally:
         await _drop_database(name)
+
+
+async def test_event_ids_are_keyed_by_site_after_migration_004() -> None:
+    name = f"analytics_migrate_{uuid.uuid4().hex[:12]}"
+    url = f"{POSTGRES_URL}/{name}"
+    await create_database_if_missing(url)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            # The schema as it stood before 004, holding an event stored then.
+            await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY)")
+            for path in migration_files():
+                if path.stem < "004":
+                    await conn.execute(path.read_text())
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1)", path.stem)
+            event_id = uuid.uuid4()
+            await conn.execute("SELECT ensure_events_partition('2024-05-01')")
+            await conn.execute(
+                'INSERT INTO events (event_id, site_id, event_type, path, "timestamp",'
+                " received_at) VALUES ($1, 'shop', 'page_view', '/', '2024-05-06', now())",
+                event_id,
+            )
+            await conn.execute("INSERT INTO event_ids VALUES ($1, '2024-05-06')", event_id)
+
+            assert [v for v in await apply_migrations(conn) if v.startswith("004")]
+
+            rows = await conn.fetch("SELECT event_id, site_id FROM event_ids")
+            assert [tuple(r) for r in rows] == [(event_id, "shop")]
+            # The same id on another site is a new key; on the same site a conflict.
+            insert = "INSERT INTO event_ids VALUES ($1, '2024-05-06', $2) ON CONFLICT DO NOTHING"
+            assert await conn.execute(insert, event_id, "blog") == "INSERT 0 1"
+            assert await conn.execute(insert, event_id, "shop") == "INSERT 0 0"
+        finally:
+            await conn.close()
+    finally:
+        await _drop_database(name)
