@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 import redis.asyncio as redis
@@ -419,3 +421,94 @@ async def test_retention_drops_old_partitions_and_keeps_aggregates(
     assert await db.fetchval("SELECT count(*) FROM event_ids") == 1
     # Aggregates are kept.
     assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == 3
+
+
+async def test_consumer_groups_dropped_at_random_moments_leave_exact_figures(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    scenario = new_scenario(scenario_factory, settings, 20_000, tmp_path)
+    await enqueue(redis_client, settings.stream_key, scenario.events)
+    for name in ("p0", "p1"):
+        scenario.start(name)
+    rng = random.Random(11)
+    await wait_until(lambda: _stored_some(db), 30, "the processors stored a first batch")
+    for _ in range(5):  # in reads, claims, acknowledgements, trims: wherever it lands
+        await redis_client.xgroup_destroy(settings.stream_key, settings.consumer_group)
+        await asyncio.sleep(rng.uniform(0.05, 0.5))
+    await wait_until(lambda: _all_done(redis_client, scenario.settings), 60, "processed")
+    await wait_until(lambda: _trimmed(redis_client, settings.stream_key), 20, "trimmed")
+    scenario.stop_all()
+    await assert_exact(scenario, redis_client, db)
+    assert await redis_client.xlen(settings.dead_letter_key) == 0
+
+
+async def test_a_redis_at_maxmemory_is_drained_and_ingest_accepts_again(
+    settings: Settings,
+    db: asyncpg.Pool,
+    start_server: Callable[[Settings], str],
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    server = PrivateRedis()
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        await server.wait_until_up()
+        # The settings a deployer should use for a queue: never evict, refuse instead.
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", used + 6 * 1024 * 1024)
+        own = dataclasses.replace(
+            settings, redis_url=server.url, max_backlog=1_000_000_000, **FAULT_SETTINGS
+        )
+        accepted: list[int] = []  # the batch numbers answered 202
+
+        async def post_batch(http: httpx.AsyncClient, number: int) -> int:
+            events = [
+                {"site_id": "full", "event_type": "page_view", "path": f"/{number}/{i}",
+                 "user_id": f"u{i}"}
+                for i in range(200)
+            ]  # fmt: skip
+            response = await http.post("/events", json=events)
+            assert response.status_code in (202, 503), response.text
+            if response.status_code == 202:
+                accepted.append(number)
+            return response.status_code
+
+        async with httpx.AsyncClient(base_url=start_server(own), timeout=10) as http:
+            number, refused = 0, 0
+            while refused < 3:  # until Redis is full and ingest says so
+                number += 1
+                refused = refused + 1 if await post_batch(http, number) == 503 else 0
+                assert number < 2_000, "Redis never filled up"
+            memory = await client.info("memory")
+            assert int(memory["used_memory"]) > 0.9 * int(memory["maxmemory"])
+
+            scenario = Scenario(own, [], datasets.Expected(Counter(), {}, Counter(), 0), tmp_path)
+            scenario_factory.append(scenario)
+            scenario.start("drainer")
+            deadline = time.monotonic() + 60
+            while True:  # room again once the processor acknowledged and trimmed
+                number += 1
+                if await post_batch(http, number) == 202:
+                    break
+                assert time.monotonic() < deadline, "ingest never accepted again"
+                await asyncio.sleep(0.2)
+            await wait_until(lambda: _all_done(client, own), 60, "processed")
+            scenario.stop_all()
+
+        stored = await db.fetchval("SELECT count(DISTINCT event_id) FROM events")
+        assert stored == await db.fetchval("SELECT count(*) FROM events")
+        assert stored == 200 * len(accepted)
+        paths = {r["path"].split("/")[1] for r in await db.fetch("SELECT path FROM events")}
+        assert paths == {str(n) for n in accepted}
+        assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == stored
+        assert await client.xlen(settings.dead_letter_key) == 0
+    finally:
+        await client.aclose()
+        server.close()
+
