@@ -511,4 +511,3 @@ async def test_a_redis_at_maxmemory_is_drained_and_ingest_accepts_again(
     finally:
         await client.aclose()
         server.close()
-
