@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from common import constants
 
@@ -251,11 +251,62 @@ def settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
+# Query parameters whose value is a secret, told by a part of their name (any case):
+# password, passwd, pwd, sslpassword, client_secret, access_token, api_key, auth, ...
+# Broad on purpose: hiding a harmless value (sslkey, a file's path) costs nothing.
+_SECRET_PARAMETER_PARTS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+_MASK = "***"
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by '***', fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with every secret replaced by '***', fit for logs and error messages: the
+    password of its user information, and the value of each query parameter whose name
+    looks like a secret's (libpq, asyncpg and redis-py all read `?password=`). The rest
+    is left as written. Never raises, whatever the text: it serves error messages too."""
+    url = _redact_userinfo(url)
+    base, question, query = url.partition("?")
+    if not question:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    # Up to the end: a '#' in a secret value is not the start of a fragment for us.
+    return f"{base}?{_redact_query(query)}"
+
+
+def _redact_userinfo(url: str) -> str:
+    scheme, colon, rest = url.partition(":")
+    if not colon or not rest.startswith("//"):
+        return url
+    start = len(scheme) + 3  # the authority starts after "scheme://"
+    ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
+    end = min(ends, default=len(url))
+    authority = url[start:end]
+    at = authority.rfind("@")  # a raw '@' in the password: the last one ends it
+    if at >= 0:
+        user_end = authority.find(":", 0, at)
+        if user_end < 0:
+            return url  # a user name alone
+        return f"{url[: start + user_end + 1]}{_MASK}{url[start + at :]}"
+    # No '@' before the first '/', '?' or '#', unless one of those sits in the password,
+    # as in user:pa/ss@host (no client reads that right, but it is still a secret). An
+    # '@' in a query's value after a port (host:5432/db?user=a@b) is left to the next step.
+    user_end = authority.find(":")
+    last_at = url.rfind("@")
+    if user_end < 0 or last_at < 0 or authority.startswith("["):  # no user, or IPv6
+        return url
+    question = url.find("?", end)
+    in_query = 0 <= question < last_at and "=" in url[question:last_at]
+    if in_query and authority[user_end + 1 :].isdigit():
+        return url
+    return f"{url[: start + user_end + 1]}{_MASK}{url[last_at:]}"
+
+
+def _redact_query(query: str) -> str:
+    kept: list[str] = []
+    hiding = False
+    for item in query.split("&"):
+        name, equals, _ = item.partition("=")
+        if equals:
+            hiding = any(part in unquote_plus(name).lower() for part in _SECRET_PARAMETER_PARTS)
+            kept.append(f"{name}={_MASK}" if hiding else item)
+        elif not hiding:  # else a raw '&' inside the secret value: its rest is left out
+            kept.append(item)
+    return "&".join(kept)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from common.config import RANGES, ConfigError, Settings, redact_url
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 # Nothing listens on port 1: a process that reached for these would fail or retry.
 UNREACHABLE = {
@@ -238,3 +238,89 @@ def test_passwords_never_appear_in_the_repr() -> None:
 
 def test_redact_leaves_urls_without_password_alone() -> None:
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Query parameters that libpq, asyncpg or redis-py read as secrets, in any case.
+        (
+            "postgresql://app@db:5432/analytics?password=s3cr3t",
+            "postgresql://app@db:5432/analytics?password=***",
+        ),
+        (
+            "postgresql://db/a?sslmode=require&PassWord=s3cr3t&sslpassword=s3cr3t&application_name=x",
+            "postgresql://db/a?sslmode=require&PassWord=***&sslpassword=***&application_name=x",
+        ),
+        ("redis://r:6379/0?password=s3cr3t", "redis://r:6379/0?password=***"),
+        ("unix:///run/redis.sock?db=1&password=s3cr3t", "unix:///run/redis.sock?db=1&password=***"),
+        (
+            "redis://r?passwd=s3cr3t&pwd=s3cr3t&client_secret=s3cr3t&access_token=s3cr3t"
+            "&api_key=s3cr3t&auth=s3cr3t&credentials=s3cr3t&pass%77ord=s3cr3t",
+            "redis://r?passwd=***&pwd=***&client_secret=***&access_token=***"
+            "&api_key=***&auth=***&credentials=***&pass%77ord=***",
+        ),
+        # Both places at once; a raw '&' or '#' inside a secret value.
+        (
+            "postgresql://app:s3cr3t@db/a?password=s3cr3t",
+            "postgresql://app:***@db/a?password=***",
+        ),
+        ("postgresql://db/a?password=s3&cr3t&x=1", "postgresql://db/a?password=***&x=1"),
+        ("postgresql://db/a?password=s3#cr3t", "postgresql://db/a?password=***"),
+        # Passwords holding characters that should have been percent-encoded.
+        ("redis://u:s3@cr3t@r:6379/0", "redis://u:***@r:6379/0"),
+        ("postgresql://app:s3/cr3t@db/a", "postgresql://app:***@db/a"),
+        ("postgresql://app:12?s3cr3t@db/a", "postgresql://app:***@db/a"),
+        ("postgresql://app:s3#cr3t@db/a", "postgresql://app:***@db/a"),
+        # A URL that urlsplit refuses (an unclosed bracket) is redacted all the same.
+        ("postgresql://app:s3cr3t@[::1/a", "postgresql://app:***@[::1/a"),
+        # Nothing secret: left as written.
+        ("postgresql://app@db:5432/a?user=me@corp", "postgresql://app@db:5432/a?user=me@corp"),
+        ("postgresql://db:5432/a?user=me@corp", "postgresql://db:5432/a?user=me@corp"),
+        ("postgresql://[::1]:5432/a?user=me@corp", "postgresql://[::1]:5432/a?user=me@corp"),
+        ("postgresql://db/a?sslmode=require", "postgresql://db/a?sslmode=require"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_hides_every_secret_wherever_it_sits_in_the_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3" not in shown and "cr3t" not in shown
+
+
+SECRET_URLS = {
+    "DATABASE_URL": "postgresql://app@127.0.0.1:1/analytics?password=s3cret&sslpassword=k3y",
+    "REDIS_URL": "redis://:hunter2@127.0.0.1:1/0?password=hunter3",
+}
+SECRETS = ("s3cret", "k3y", "hunter2", "hunter3")
+
+
+def test_passwords_in_query_parameters_never_appear_in_the_repr() -> None:
+    text = repr(Settings.from_env(SECRET_URLS))
+    assert not [secret for secret in SECRETS if secret in text], text
+    assert "analytics?password=***&sslpassword=***" in text
+    assert "redis://:***@127.0.0.1:1/0?password=***" in text
+
+
+@pytest.mark.parametrize("command", [["common.migrate"], ["ingest"]])
+def test_failed_starts_never_print_a_password_from_the_urls(command: list[str]) -> None:
+    """Both connect to the database first, log the settings or the URL, and exit non-zero
+    on an unreachable one; DEBUG logs as much as can be."""
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=_environment(LOG_LEVEL="DEBUG", PORT=str(free_port()), **SECRET_URLS),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "password=***" in output  # the URL was logged, redacted
+    assert not [secret for secret in SECRETS if secret in output], output
+
+
+def test_a_url_that_urlsplit_refuses_is_a_config_error_without_its_password() -> None:
+    # Was a bare ValueError from redact_url itself: a traceback instead of exit status 2.
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        Settings.from_env({"DATABASE_URL": "postgresql://app:s3cret@[::1/analytics"})
+    assert "s3cret" not in str(refused.value) and "app:***@[::1" in str(refused.value)
