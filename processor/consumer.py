@@ -39,6 +39,7 @@ from common.config import Settings
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
 from processor.full_redis import DeadLetterWriter, GroupCreator
+from processor.health import Health
 from processor.maintenance import parse_id
 from processor.store import EventStore, PartitionUnavailable, StoreResult
 
@@ -71,15 +72,19 @@ class Stopping(Exception):
 
 
 class FailureLog:
-    """Logs the first failure of a kind, then at most once per interval, then recovery."""
+    """Logs the first failure of a kind, then at most once per interval, then recovery;
+    and keeps `health` told (under `operation`: the kind and the consumer)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, health: Health, operation: str):
         self._what = what
+        self._health = health
+        self._operation = operation
         self._failures = 0
         self._last_logged = 0.0
 
     def failed(self, exc: BaseException, delay: float) -> None:
         self._failures += 1
+        self._health.failed(self._operation, exc)
         now = time.monotonic()
         if self._failures == 1 or now - self._last_logged >= LOG_EVERY_S:
             self._last_logged = now
@@ -95,11 +100,19 @@ class FailureLog:
         if self._failures:
             logger.warning("%s works again after %d failed attempts", self._what, self._failures)
             self._failures = 0
+            self._health.recovered(self._operation)
 
 
 class StreamProcessor:
-    def __init__(self, settings: Settings, client: redis.Redis, pool: asyncpg.Pool):
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        pool: asyncpg.Pool,
+        health: Health | None = None,
+    ):
         self._settings = settings
+        self.health = Health() if health is None else health
         self._redis = client
         self._pool = pool
         self._store = EventStore(pool)
@@ -382,11 +395,18 @@ class StreamProcessor:
                     await maintenance.apply_retention(conn, self._settings.retention_days)
         except UNAVAILABLE as exc:
             logger.warning("maintenance failed, will try again: %r", exc)
+            self.health.failed("maintenance", exc)
+        else:
+            self.health.recovered("maintenance")
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt` until it works; on failure back off (capped, jittered). POISON
         errors are the caller's to handle; a stop request ends the retries (Stopping)."""
-        log = self._failure_logs.setdefault(what, FailureLog(what))
+        log = self._failure_logs.get(what)
+        if log is None:
+            log = self._failure_logs[what] = FailureLog(
+                what, self.health, f"{self._consumer}: {what}"
+            )
         failures = 0
         while True:
             try:

@@ -10,6 +10,7 @@ import random
 import time
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 import redis.asyncio as redis
@@ -18,8 +19,9 @@ from common.config import Settings
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
 from processor.decode import decode_entries
+from processor.health import Health, health_server
 from processor.store import EventStore
-from tests.conftest import make_processor
+from tests.conftest import free_port, make_processor
 
 NOW = time.time_ns() // 1000
 
@@ -125,9 +127,15 @@ async def test_a_partition_that_cannot_be_made_keeps_its_events_pending_and_says
         assert await redis_client.xlen(settings.dead_letter_key) == 0
         pending = await redis_client.xpending(settings.stream_key, settings.consumer_group)
         assert pending["pending"] == 6
+        status, body = processor.health.answer()
+        [failure] = orjson.loads(body)["failing"]
+        assert status == 503
+        assert failure["operation"] == f"{settings.consumer_name}: storing a batch"
+        assert "PartitionUnavailable" in failure["error"] and failure["attempts"] >= 1
 
         await db.execute("DROP TABLE events_p203103")  # the operator's fix
         await wait_until_stored(db, 6)
+        assert processor.health.answer() == (200, b'{"status":"ok"}')
         stop.set()
         await asyncio.wait_for(running, 10)
     finally:
@@ -158,3 +166,30 @@ async def test_a_consumer_group_deleted_again_and_again_while_running_loses_noth
     assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == sent
     assert await db.fetchval("SELECT sum(views) FROM daily_site_path_counts") == sent
     assert await redis_client.xlen(settings.dead_letter_key) == 0
+
+
+async def test_the_health_port_answers_what_fails_and_nothing_else() -> None:
+    health = Health()
+    port = free_port()
+    async with (
+        health_server(health, "127.0.0.1", port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http,
+    ):
+        ok = await http.get("/health")
+        assert (ok.status_code, ok.json()) == (200, {"status": "ok"})
+        health.failed("p: storing a batch", ConnectionRefusedError(111, "refused"))
+        health.failed("p: storing a batch", ConnectionRefusedError(111, "refused again"))
+        failing = await http.get("/health")
+        assert failing.status_code == 503
+        [failure] = failing.json()["failing"]
+        assert failure["operation"] == "p: storing a batch" and failure["attempts"] == 2
+        assert "refused again" in failure["error"]
+        health.recovered("p: storing a batch")
+        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/other")).status_code == 404
+        assert (await http.post("/health")).status_code == 405
+        # A client that never finishes its request is dropped, not waited on forever.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
