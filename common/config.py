@@ -27,6 +27,7 @@ _BOOLEANS = {
 # table that from_env checks, the tests walk and the README's Configuration states.
 RANGES: dict[str, tuple[int, int, str]] = {
     "port": (1, 65_535, ""),
+    "health_port": (0, 65_535, ""),
     "batch_size": (1, 10_000, "entries"),
     "writers": (1, 32, "consumers"),
     "block_ms": (10, 60_000, "ms"),  # 0 would make XREADGROUP block forever
@@ -98,6 +99,8 @@ class Settings:
     # Store the client's IP address and User-Agent with each event (off: only the hash).
     store_client_info: bool = False
     log_level: str = "INFO"
+    # The processor's GET /health (what it fails at) on this port of HOST; 0: none.
+    health_port: int = 0
 
     @property
     def dead_letter_key(self) -> str:
