@@ -1,15 +1,22 @@
 """Apply the numbered SQL files in sql/ in order, once each, under an advisory lock.
 
-Run as `python -m common.migrate`; the server and the processor also run it as they start.
+Run as `python -m common.migrate`; the processor also runs it as it starts. The HTTP server
+only reads, and waits until the schema is current (missing_migrations) before it does.
+
+Also here: telling a database that is unavailable (worth a retry) from a request or code
+that is wrong, and retrying the start-up steps until PostgreSQL is there or a stop comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -21,6 +28,15 @@ logger = logging.getLogger("common.migrate")  # also when run as __main__
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_NAME = re.compile(r"^\d{3,}_[a-z0-9_]+\.sql$")
+
+# SQLSTATE classes that say "not now" rather than "wrong": 08 connection exception, 53
+# insufficient resources (too many connections, out of memory or disk), 57 operator
+# intervention (shutting down, starting up, a query cancelled by statement_timeout).
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
+
+T = TypeVar("T")
 
 
 def migration_files(directory: Path = SQL_DIR) -> list[Path]:
@@ -57,6 +73,101 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", constants.MIGRATION_LOCK_KEY)
     return applied_now
+
+
+async def missing_migrations(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    """The versions in sql/ that the database has not applied (all, before the first)."""
+    try:
+        rows = await conn.fetch(f"SELECT version FROM {constants.MIGRATIONS_TABLE}")
+    except asyncpg.UndefinedTableError:
+        rows = []
+    done = {row["version"] for row in rows}
+    return [path.stem for path in migration_files() if path.stem not in done]
+
+
+class SchemaNotCurrent(Exception):
+    """The database lacks tables this code reads: someone else has to migrate it first."""
+
+
+class Stopped(Exception):
+    """A stop was asked for while start-up waited for the database."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot serve now (retry later), rather than that
+    the query, the data or the code is wrong."""
+    if isinstance(exc, asyncpg.PostgresError):
+        # By class, not by a list of exception types: every code of the class counts,
+        # including those asyncpg has no class of its own for.
+        return str(exc.sqlstate)[:2] in UNAVAILABLE_SQLSTATE_CLASSES
+    # asyncpg's plain InterfaceError is a connection or pool that is closed or closing;
+    # its subclasses (DataError, ClientConfigurationError, ...) are bugs or configuration.
+    return isinstance(exc, OSError | TimeoutError) or type(exc) is asyncpg.InterfaceError
+
+
+async def retry_until_stopped(
+    what: str,
+    database_url: str,
+    attempt: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    *,
+    max_backoff_s: float = MAX_BACKOFF_S,
+) -> T:
+    """`attempt()` again while the database is unavailable or its schema not current:
+    capped exponential backoff with jitter, one WARNING per failed attempt saying why.
+    Raises Stopped as soon as `stop` is set, even in the middle of an attempt; any other
+    error propagates at once."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            return await _unless_stopped(what, attempt, stop)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if not database_unavailable(exc):
+                raise
+            error: Exception = exc
+        except SchemaNotCurrent as exc:
+            error = exc
+        failures += 1
+        # Jittered, so that many processes started together do not retry in step.
+        delay = min(max_backoff_s, FIRST_BACKOFF_S * 2**failures) * random.uniform(0.5, 1.0)
+        logger.warning(
+            "%s at %s failed (attempt %d, retrying in %.1f s): %r",
+            what,
+            redact_url(database_url),
+            failures,
+            delay,
+            error,
+        )
+        if await _stopped_within(stop, delay):
+            break
+    raise Stopped(what)
+
+
+async def _unless_stopped(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """The attempt's result, or Stopped when `stop` comes first (the attempt is cancelled:
+    a connection can take a minute to time out)."""
+    task = asyncio.ensure_future(attempt())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise Stopped(what)
+    return task.result()  # done first, or finished although cancelled: use it
+
+
+async def _stopped_within(stop: asyncio.Event, delay: float) -> bool:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+    try:
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def create_database_if_missing(database_url: str) -> None:

@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypedDict
 
-import asyncpg
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -21,7 +20,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
-from common.migrate import prepare_database
 from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
@@ -29,14 +27,14 @@ from ingest.intake import Intake
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.visitors import VisitorHasher
-from report.endpoints import stats
+from report.endpoints import StatsDatabase, stats
 
 logger = logging.getLogger(__name__)
 
 
 class State(TypedDict):
     intake: Intake
-    db_pool: asyncpg.Pool
+    stats_db: StatsDatabase
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -86,7 +84,6 @@ class IngestRouter:
 def create_app(settings: Settings) -> IngestRouter:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        await prepare_database(settings.database_url)
         client = redis_client(settings)
         try:
             await client.ping()
@@ -113,18 +110,19 @@ def create_app(settings: Settings) -> IngestRouter:
             settings.store_client_info,
         )
         backlog.start()
+        # In the background: events need only Redis, so PostgreSQL may be down at start.
+        stats_db = StatsDatabase(settings.database_url)
+        stats_db.start()
         # Start-up objects live as long as the process: keep them out of every collection,
         # and collect young objects less often (pauses showed in the p99 latency).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         try:
-            async with asyncpg.create_pool(
-                settings.database_url, min_size=1, max_size=4, timeout=5, command_timeout=5
-            ) as pool:
-                yield {"intake": intake, "db_pool": pool}
-                await writer.aclose()
+            yield {"intake": intake, "stats_db": stats_db}
+            await writer.aclose()
         finally:
+            await stats_db.aclose()
             await backlog.stop()
             await client.aclose()
 

@@ -16,7 +16,7 @@ import uvloop
 
 from common.config import Settings, settings_or_exit
 from common.logs import configure
-from common.migrate import prepare_database
+from common.migrate import Stopped, prepare_database, retry_until_stopped
 from processor.consumer import StreamProcessor
 from processor.store import prepare_connection
 
@@ -29,17 +29,29 @@ async def run(settings: Settings, *, drain: bool) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)  # only a flag: the loop finishes its batch
     logger.info("starting with %r", settings)
+    try:
+        await process(settings, drain=drain, stop=stop)
+    except Stopped as exc:
+        logger.info("stopped while %s", exc)
 
-    await prepare_database(settings.database_url)
+
+async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> None:
+    url = settings.database_url
+    # PostgreSQL may be down or starting: wait for it, and let a stop end the wait.
+    await retry_until_stopped("preparing the database", url, lambda: prepare_database(url), stop)
+    pool = await retry_until_stopped(
+        "opening the connection pool",
+        url,
+        lambda: asyncpg.create_pool(
+            url, min_size=1, max_size=settings.writers, init=prepare_connection
+        ),
+        stop,
+    )
+    logger.info("database ready: starting %d writers", settings.writers)
     # Blocking reads must end before the socket times out.
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
     try:
-        async with asyncpg.create_pool(
-            settings.database_url,
-            min_size=1,
-            max_size=settings.writers,
-            init=prepare_connection,
-        ) as pool:
+        async with pool:
             writers = [
                 StreamProcessor(writer_settings(settings, number), client, pool)
                 for number in range(settings.writers)

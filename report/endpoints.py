@@ -1,7 +1,9 @@
-"""GET /stats: the original response shape, with 400 for bad parameters."""
+"""GET /stats: the original response shape, with 400 for bad parameters and 503 while
+the database cannot answer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from datetime import UTC, date, datetime
@@ -13,11 +15,88 @@ from starlette.responses import JSONResponse
 
 from common.constants import MAX_SITE_ID
 from common.errors import error_body
+from common.migrate import (
+    SchemaNotCurrent,
+    Stopped,
+    database_unavailable,
+    missing_migrations,
+    retry_until_stopped,
+)
 from report.queries import daily_stats
 
 logger = logging.getLogger(__name__)
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+POOL_CLOSE_DEADLINE_S = 5.0
+
+
+class StatsDatabase:
+    """The pool GET /stats reads through, opened in the background with retries, so that
+    the server starts and takes events while PostgreSQL is down: it needs the database
+    for nothing else. Until the pool is open and the schema current, `pool` is None and
+    GET /stats answers 503.
+
+    It never migrates. The processor (which writes the tables) and `make migrate` do:
+    several ingest processes applying DDL whenever PostgreSQL comes back would take
+    locks on the processor's tables at a moment nobody chose, and one owner of the
+    schema is easier to reason about than many.
+    """
+
+    def __init__(self, database_url: str):
+        self._url = database_url
+        self.pool: asyncpg.Pool | None = None
+        self._stop = asyncio.Event()
+        self._opener: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._opener = asyncio.create_task(self._open())
+
+    async def aclose(self) -> None:
+        self._stop.set()  # the opener returns at once, even from a connection attempt
+        if self._opener is not None:
+            await self._opener
+        if self.pool is None:
+            return
+        try:
+            async with asyncio.timeout(POOL_CLOSE_DEADLINE_S):
+                await self.pool.close()  # waits for queries in flight
+        except TimeoutError:
+            logger.warning("stats pool did not close in %.0f s: terminated", POOL_CLOSE_DEADLINE_S)
+            self.pool.terminate()
+
+    async def _open(self) -> None:
+        try:
+            self.pool = await retry_until_stopped(
+                "opening the database for GET /stats", self._url, self._open_current, self._stop
+            )
+        except Stopped:
+            return
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Not a matter of waiting (a password refused, a missing privilege): say so
+            # once; GET /stats stays unavailable until the server is restarted.
+            logger.error("GET /stats cannot use the database: %r", exc)
+            return
+        logger.info("GET /stats is ready")
+
+    async def _open_current(self) -> asyncpg.Pool:
+        try:
+            # min_size=0: connections are made for requests, and no background task of
+            # asyncpg's keeps reconnecting (and logging a traceback) while PostgreSQL is down.
+            pool = await asyncpg.create_pool(
+                self._url, min_size=0, max_size=4, timeout=5, command_timeout=5
+            )
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise SchemaNotCurrent("the database does not exist yet") from exc
+        ready = False
+        try:
+            missing = await missing_migrations(pool)
+            if missing:
+                raise SchemaNotCurrent(f"migrations not applied yet: {', '.join(missing)}")
+            ready = True
+            return pool
+        finally:
+            if not ready:
+                pool.terminate()
 
 
 class OrjsonResponse(JSONResponse):
@@ -30,6 +109,11 @@ def _bad_request(field: str, message: str) -> OrjsonResponse:
     return OrjsonResponse(
         error_body("invalid_query", f"{field}: {message}", detail), status_code=400
     )
+
+
+def _unavailable() -> OrjsonResponse:
+    body = error_body("unavailable", "the database is unavailable; retry later")
+    return OrjsonResponse(body, status_code=503, headers={"retry-after": "1"})
 
 
 async def stats(request: Request) -> OrjsonResponse:
@@ -49,13 +133,19 @@ async def stats(request: Request) -> OrjsonResponse:
         except ValueError:
             return _bad_request("date", "must be a date as YYYY-MM-DD")
 
-    pool: asyncpg.Pool = request.state.db_pool
+    pool = request.state.stats_db.pool
+    if pool is None:
+        return _unavailable()
     try:
         result = await daily_stats(pool, site_id, day)
-    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        logger.warning("stats query failed: %r", exc)
-        body = error_body("unavailable", "the database is unavailable; retry later")
-        return OrjsonResponse(body, status_code=503, headers={"retry-after": "1"})
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if not database_unavailable(exc):
+            logger.error("stats query failed", exc_info=exc)
+            body = error_body("internal_error", "the query failed; see the server's log")
+            return OrjsonResponse(body, status_code=500)
+        sqlstate = exc.sqlstate if isinstance(exc, asyncpg.PostgresError) else None
+        logger.warning("stats query failed, answering 503 (SQLSTATE %s): %r", sqlstate, exc)
+        return _unavailable()
     return OrjsonResponse(
         {
             "site_id": result.site_id,
