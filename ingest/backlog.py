@@ -8,6 +8,7 @@ The figure is read at most every 100 ms, never per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import redis.asyncio as redis
@@ -28,11 +29,17 @@ class BacklogMonitor:
         # Read by every request: a plain attribute, kept in step with `backlog` by the poll.
         self.exceeded = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._poll_forever())
+        self._task = asyncio.create_task(self._poll_until_stopped())
 
     async def stop(self) -> None:
+        """Ends the poll within one read. The cancellation makes it prompt, the flag makes
+        it certain: redis-py sends each command under asyncio.wait_for, which on Python
+        3.11 loses a cancellation that arrives as the command completes, and the poll
+        would then go on for ever, and the server with it."""
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -52,11 +59,11 @@ class BacklogMonitor:
         # No processor has created the group yet: everything in the stream waits.
         return int(await self._client.xlen(self._stream_key))
 
-    async def _poll_forever(self) -> None:
+    async def _poll_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         was_exceeded = False
-        while True:
+        while not self._stopping.is_set():
             try:
                 self.backlog = await self.read()
             except (RedisError, OSError) as exc:
@@ -72,4 +79,6 @@ class BacklogMonitor:
                     "answering 503" if was_exceeded else "accepting again",
                 )
             next_poll += POLL_INTERVAL_S  # on a schedule that does not drift
-            await asyncio.sleep(max(0.0, next_poll - loop.time()))
+            with contextlib.suppress(TimeoutError):  # the time to poll again
+                async with asyncio.timeout(max(0.0, next_poll - loop.time())):
+                    await self._stopping.wait()

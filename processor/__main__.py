@@ -1,13 +1,57 @@
 """Run the processor: `python -m processor [--drain]`."""
 
+# The signal handler goes in before the heavy imports, on purpose:
+# ruff: noqa: E402
+
 from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+Handler = Callable[[int, FrameType | None], None]
+
+
+class EarlyStop:
+    """SIGTERM and SIGINT from the first line of the process to the last.
+
+    Python's default would kill the process (status -15) while it still loads its
+    modules. This handler records a signal until run() can take it, then hands it on;
+    it stays installed to the end (the event loop runs it promptly: uvloop wakes on
+    every signal), so no signal ever meets Python's default, not even while the loop
+    closes.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._forward: Handler | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self)
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum  # only a flag, unless someone takes it
+        if self._forward is not None:
+            self._forward(signum, frame)
+
+    def hand_over(self, forward: Handler | None) -> None:
+        """Send signals to `forward` from now on, and any that came before; None: keep
+        them here again."""
+        self._forward = forward
+        if forward is not None and self.signum is not None:
+            forward(self.signum, None)
+
+
+early_stop = EarlyStop()
+if __name__ == "__main__":
+    early_stop.install()
 
 import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
-import sys
 import time
 
 import asyncpg
@@ -17,22 +61,29 @@ import uvloop
 from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import Stopped, prepare_database, retry_until_stopped
-from processor.consumer import StreamProcessor
+from processor.consumer import Stopping, StreamProcessor
 from processor.store import prepare_connection
 
 logger = logging.getLogger("processor")
 
 
-async def run(settings: Settings, *, drain: bool) -> None:
+async def run(settings: Settings, *, drain: bool, signals: EarlyStop) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)  # only a flag: the loop finishes its batch
-    logger.info("starting with %r", settings)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only a flag, set through the loop (the handler runs between any two lines of
+        # Python): the writers finish their batch.
+        loop.call_soon_threadsafe(stop.set)
+
+    signals.hand_over(on_signal)
     try:
+        logger.info("starting with %r", settings)
         await process(settings, drain=drain, stop=stop)
     except Stopped as exc:
         logger.info("stopped while %s", exc)
+    finally:
+        signals.hand_over(None)  # the loop is about to close
 
 
 async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> None:
@@ -58,7 +109,7 @@ async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> No
             ]
             async with asyncio.TaskGroup() as group:
                 for number, writer in enumerate(writers):
-                    group.create_task(writer.run(stop, drain=drain, maintain=number == 0))
+                    group.create_task(run_writer(writer, stop, drain=drain, maintain=number == 0))
             if drain:  # trim what the writers acknowledged
                 await writers[0].maintain()
     finally:
@@ -77,6 +128,17 @@ async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> No
         logger.info("stopped: nothing to process")
 
 
+async def run_writer(
+    writer: StreamProcessor, stop: asyncio.Event, *, drain: bool, maintain: bool
+) -> None:
+    try:
+        await writer.run(stop, drain=drain, maintain=maintain)
+    except Stopping:
+        # A stop ended its start-up retries (Redis down): it holds nothing. Caught here,
+        # not let through the task group, which would cancel the other writers' batches.
+        logger.info("a writer stopped before it could start")
+
+
 def writer_settings(settings: Settings, number: int) -> Settings:
     """The first writer is CONSUMER_NAME itself, the others CONSUMER_NAME/2, /3, ...:
     fixed names, so that after a restart each re-reads what it held."""
@@ -93,7 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = settings_or_exit()
     configure(settings.log_level)
-    uvloop.run(run(settings, drain=args.drain))
+    uvloop.run(run(settings, drain=args.drain, signals=early_stop))
     return 0
 
 

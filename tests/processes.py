@@ -55,12 +55,17 @@ class Service:
         return True
 
     async def wait_for_output(self, text: str, within: float = 20) -> None:
+        assert await self.reaches(text, within), f"exited before {text!r}:\n{self.output()}"
+
+    async def reaches(self, text: str, within: float = 20) -> bool:
+        """True once `text` is in its output; False if it exited first."""
         deadline = time.monotonic() + within
         while text not in self.output():
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.module} exited before {text!r}:\n{self.output()}")
+                return False
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
             await asyncio.sleep(0.05)
+        return True
 
     async def wait_for_port(self, port: int, within: float = 20) -> None:
         deadline = time.monotonic() + within
