@@ -112,11 +112,12 @@ async def retry_until_stopped(
     stop: asyncio.Event,
     *,
     max_backoff_s: float = MAX_BACKOFF_S,
+    on_failure: Callable[[Exception], None] | None = None,
 ) -> T:
     """`attempt()` again while the database is unavailable or its schema not current:
     capped exponential backoff with jitter, one WARNING per failed attempt saying why.
     Raises Stopped as soon as `stop` is set, even in the middle of an attempt; any other
-    error propagates at once."""
+    error propagates at once. `on_failure` hears of each failed attempt too."""
     failures = 0
     while not stop.is_set():
         try:
@@ -128,6 +129,8 @@ async def retry_until_stopped(
         except SchemaNotCurrent as exc:
             error = exc
         failures += 1
+        if on_failure is not None:
+            on_failure(error)
         # Jittered, so that many processes started together do not retry in step.
         delay = min(max_backoff_s, FIRST_BACKOFF_S * 2**failures) * random.uniform(0.5, 1.0)
         logger.warning(

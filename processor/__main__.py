@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType
+from typing import TypeVar
 
 Handler = Callable[[int, FrameType | None], None]
+T = TypeVar("T")
 
 
 class EarlyStop:
@@ -51,6 +53,7 @@ if __name__ == "__main__":
 import argparse
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 
@@ -62,6 +65,7 @@ from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import Stopped, prepare_database, retry_until_stopped
 from processor.consumer import Stopping, StreamProcessor
+from processor.health import Health, health_server
 from processor.store import prepare_connection
 
 logger = logging.getLogger("processor")
@@ -87,33 +91,9 @@ async def run(settings: Settings, *, drain: bool, signals: EarlyStop) -> None:
 
 
 async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> None:
-    url = settings.database_url
-    # PostgreSQL may be down or starting: wait for it, and let a stop end the wait.
-    await retry_until_stopped("preparing the database", url, lambda: prepare_database(url), stop)
-    pool = await retry_until_stopped(
-        "opening the connection pool",
-        url,
-        lambda: asyncpg.create_pool(
-            url, min_size=1, max_size=settings.writers, init=prepare_connection
-        ),
-        stop,
-    )
-    logger.info("database ready: starting %d writers", settings.writers)
-    # Blocking reads must end before the socket times out.
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
-    try:
-        async with pool:
-            writers = [
-                StreamProcessor(writer_settings(settings, number), client, pool)
-                for number in range(settings.writers)
-            ]
-            async with asyncio.TaskGroup() as group:
-                for number, writer in enumerate(writers):
-                    group.create_task(run_writer(writer, stop, drain=drain, maintain=number == 0))
-            if drain:  # trim what the writers acknowledged
-                await writers[0].maintain()
-    finally:
-        await client.aclose()
+    health = Health()  # what fails, on HEALTH_PORT from the start: start-up retries too
+    async with health_server(health, settings.host, settings.health_port):
+        writers = await process_with(settings, health, drain=drain, stop=stop)
     started = [w.first_batch_at for w in writers if w.first_batch_at is not None]
     if started:
         processed = sum(w.entries_processed for w in writers)
@@ -126,6 +106,45 @@ async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> No
         )
     else:
         logger.info("stopped: nothing to process")
+
+
+async def process_with(
+    settings: Settings, health: Health, *, drain: bool, stop: asyncio.Event
+) -> list[StreamProcessor]:
+    url = settings.database_url
+
+    async def until_done(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        # PostgreSQL may be down or starting: wait for it, and let a stop end the wait.
+        failed = functools.partial(health.failed, what)
+        result = await retry_until_stopped(what, url, attempt, stop, on_failure=failed)
+        health.recovered(what)
+        return result
+
+    await until_done("preparing the database", lambda: prepare_database(url))
+    pool = await until_done("opening the connection pool", lambda: create_pool(settings))
+    logger.info("database ready: starting %d writers", settings.writers)
+    # Blocking reads must end before the socket times out.
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
+    try:
+        async with pool:
+            writers = [
+                StreamProcessor(writer_settings(settings, number), client, pool, health)
+                for number in range(settings.writers)
+            ]
+            async with asyncio.TaskGroup() as group:
+                for number, writer in enumerate(writers):
+                    group.create_task(run_writer(writer, stop, drain=drain, maintain=number == 0))
+            if drain:  # trim what the writers acknowledged
+                await writers[0].maintain()
+    finally:
+        await client.aclose()
+    return writers
+
+
+def create_pool(settings: Settings) -> Awaitable[asyncpg.Pool]:
+    return asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=settings.writers, init=prepare_connection
+    )
 
 
 async def run_writer(

@@ -5,9 +5,11 @@ deleted while it runs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -21,7 +23,8 @@ from ingest.validation import parse_event
 from processor.decode import decode_entries
 from processor.health import Health, health_server
 from processor.store import EventStore
-from tests.conftest import free_port, make_processor
+from tests.conftest import free_port, make_processor, settings_env
+from tests.processes import Service
 
 NOW = time.time_ns() // 1000
 
@@ -193,3 +196,25 @@ async def test_the_health_port_answers_what_fails_and_nothing_else() -> None:
         writer.write(b"GET /health HTTP/1.1\r\n")
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+
+
+async def test_a_processor_waiting_for_its_database_says_so_on_its_health_port(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    unreachable = "postgresql://postgres@127.0.0.1:1/analytics"  # nothing listens on 1
+    env = settings_env(dataclasses.replace(settings, database_url=unreachable, health_port=port))
+    processor = Service("processor", env, tmp_path / "processor.log")
+    try:
+        await processor.wait_for_port(port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            deadline = time.monotonic() + 10
+            while (response := await http.get("/health")).status_code == 200:
+                assert time.monotonic() < deadline, "never reported the failing start"
+                await asyncio.sleep(0.05)
+        assert response.status_code == 503
+        [failure] = response.json()["failing"]
+        assert failure["operation"] == "preparing the database"
+        assert await processor.stop() == 0
+    finally:
+        processor.kill()
