@@ -1,51 +1,14 @@
 """Run the HTTP server: `python -m ingest`."""
 
 # The signal handler goes in before the heavy imports, on purpose:
-# ruff: noqa: E402
 
-import signal
-import sys
-from collections.abc import Callable
-from types import FrameType
+from common.signals import early_stop
 
-Handler = Callable[[int, FrameType | None], None]
-
-
-class EarlyStop:
-    """SIGTERM and SIGINT from the first line of the process on.
-
-    Python's default would kill the process (status -15) while it still loads its
-    modules, and uvicorn, once it stops on a signal, raises that signal again under the
-    handler it found at start: Python's default, again -15. With this one in place, a
-    signal is recorded until the server can take it, then handed to the server, and the
-    one uvicorn raises again lands here and ends nothing.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._forward: Handler | None = None
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self)
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self._forward is None:
-            self.signum = signum  # only a flag: hand_over acts on it
-        else:
-            self._forward(signum, frame)
-
-    def hand_over(self, forward: Handler) -> None:
-        self._forward = forward
-        if self.signum is not None:  # it came while the process was starting
-            forward(self.signum, None)
-
-
-early_stop = EarlyStop()
 if __name__ == "__main__":
     early_stop.install()
 
 import logging
+import sys
 
 import uvicorn
 

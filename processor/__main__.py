@@ -1,52 +1,11 @@
 """Run the processor: `python -m processor [--drain]`."""
 
 # The signal handler goes in before the heavy imports, on purpose:
-# ruff: noqa: E402
 
 from __future__ import annotations
 
-import signal
-import sys
-from collections.abc import Awaitable, Callable
-from types import FrameType
-from typing import TypeVar
+from common.signals import EarlyStop, early_stop
 
-Handler = Callable[[int, FrameType | None], None]
-T = TypeVar("T")
-
-
-class EarlyStop:
-    """SIGTERM and SIGINT from the first line of the process to the last.
-
-    Python's default would kill the process (status -15) while it still loads its
-    modules. This handler records a signal until run() can take it, then hands it on;
-    it stays installed to the end (the event loop runs it promptly: uvloop wakes on
-    every signal), so no signal ever meets Python's default, not even while the loop
-    closes.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._forward: Handler | None = None
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self)
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum  # only a flag, unless someone takes it
-        if self._forward is not None:
-            self._forward(signum, frame)
-
-    def hand_over(self, forward: Handler | None) -> None:
-        """Send signals to `forward` from now on, and any that came before; None: keep
-        them here again."""
-        self._forward = forward
-        if forward is not None and self.signum is not None:
-            forward(self.signum, None)
-
-
-early_stop = EarlyStop()
 if __name__ == "__main__":
     early_stop.install()
 
@@ -55,7 +14,11 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import time
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as redis
@@ -64,11 +27,13 @@ import uvloop
 from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import Stopped, prepare_database, retry_until_stopped
-from processor.consumer import Stopping, StreamProcessor
+from processor.consumer import StreamProcessor
 from processor.health import Health, health_server
 from processor.store import prepare_connection
 
 logger = logging.getLogger("processor")
+
+T = TypeVar("T")
 
 
 async def run(settings: Settings, *, drain: bool, signals: EarlyStop) -> None:
@@ -133,7 +98,7 @@ async def process_with(
             ]
             async with asyncio.TaskGroup() as group:
                 for number, writer in enumerate(writers):
-                    group.create_task(run_writer(writer, stop, drain=drain, maintain=number == 0))
+                    group.create_task(writer.run(stop, drain=drain, maintain=number == 0))
             if drain:  # trim what the writers acknowledged
                 await writers[0].maintain()
     finally:
@@ -145,17 +110,6 @@ def create_pool(settings: Settings) -> Awaitable[asyncpg.Pool]:
     return asyncpg.create_pool(
         settings.database_url, min_size=1, max_size=settings.writers, init=prepare_connection
     )
-
-
-async def run_writer(
-    writer: StreamProcessor, stop: asyncio.Event, *, drain: bool, maintain: bool
-) -> None:
-    try:
-        await writer.run(stop, drain=drain, maintain=maintain)
-    except Stopping:
-        # A stop ended its start-up retries (Redis down): it holds nothing. Caught here,
-        # not let through the task group, which would cancel the other writers' batches.
-        logger.info("a writer stopped before it could start")
 
 
 def writer_settings(settings: Settings, number: int) -> Settings:

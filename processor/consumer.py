@@ -152,13 +152,13 @@ class StreamProcessor:
         `maintain`: also trim the stream and manage partitions now and then (one writer
         per process does)."""
         self._stop = stop
-        await self._retrying("creating the consumer group", self.ensure_group)
         loop = asyncio.get_running_loop()
         next_claim = next_maintenance = loop.time()
         # After a restart under the same name, entries delivered to us before come first.
         reread_own = True
         prefetched: asyncio.Task[tuple[list[Entry], DecodedBatch]] | None = None
         try:
+            await self._retrying("creating the consumer group", self.ensure_group)
             while True:
                 if stop.is_set():
                     if prefetched is not None:  # already delivered to us: finish it too
