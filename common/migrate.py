@@ -17,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -185,11 +186,14 @@ async def create_database_if_missing(database_url: str) -> None:
     else:
         await conn.close()
         return
-    name = database_url.rsplit("/", 1)[1].split("?", 1)[0]
-    maintenance_url = database_url.rsplit("/", 1)[0] + "/postgres"
-    conn = await asyncpg.connect(maintenance_url)
+    # The same URL (host, user, query options such as sslmode or a password) on the
+    # server's maintenance database.
+    parts = urlsplit(database_url)
+    name = unquote(parts.path.lstrip("/"))
+    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"CREATE DATABASE {quoted}")
         logger.info("created database %s", name)
     except asyncpg.DuplicateDatabaseError:
         pass  # another process created it in the meantime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from urllib.parse import quote
 
 import asyncpg
 
@@ -69,6 +70,23 @@ async def test_event_ids_are_keyed_by_site_after_migration_004() -> None:
             insert = "INSERT INTO event_ids VALUES ($1, '2024-05-06', $2) ON CONFLICT DO NOTHING"
             assert await conn.execute(insert, event_id, "blog") == "INSERT 0 1"
             assert await conn.execute(insert, event_id, "shop") == "INSERT 0 0"
+        finally:
+            await conn.close()
+    finally:
+        await _drop_database(name)
+
+
+async def test_a_missing_database_is_created_whatever_options_its_url_carries() -> None:
+    # Query options are kept for the maintenance connection, and a "/" inside one does
+    # not move where the database name is read from; the name is percent-decoded.
+    name = f"analytics migrate {uuid.uuid4().hex[:8]}"
+    url = f"{POSTGRES_URL}/{quote(name)}?application_name=tests/migrate"
+    await create_database_if_missing(url)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT current_database()") == name
+            assert await conn.fetchval("SHOW application_name") == "tests/migrate"
         finally:
             await conn.close()
     finally:
