@@ -30,14 +30,34 @@ MIGRATIONS_TABLE = "schema_migrations"
 # pg_advisory_lock key that serialises migrations across processes ("anlytics" in ASCII).
 MIGRATION_LOCK_KEY = 0x616E6C7974696373
 
-# The times an event may carry, in microseconds since the Unix epoch: years 1 to 9999 (what
-# a datetime can hold), well inside PostgreSQL's range.
-MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+# The times an event may carry, in microseconds since the Unix epoch: up to the end of 9999
+# (what a datetime can hold, well inside PostgreSQL's range), from February of year 1: the
+# processor names each month's partition by its first day, sent as a date, and asyncpg sends
+# date.min (0001-01-01) as -infinity, which no partition bound can be.
+MIN_MICROS = -62_132_918_400_000_000  # 0001-02-01T00:00:00Z
 MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 MICROS_PER_DAY = 86_400_000_000
 
-# Longest accepted values, in characters.
+# Longest accepted values, in bytes of UTF-8 (an ASCII character takes one, others two to
+# four), checked by common.text.text_fault at the edge and again by the processor.
 MAX_SITE_ID = 128
 MAX_EVENT_TYPE = 64
 MAX_PATH = 2048
 MAX_USER_ID = 256
+
+# Why these limits: PostgreSQL refuses a B-tree index entry of more than 2,704 bytes (8 KiB
+# pages: "index row size ... exceeds btree version 4 maximum 2704"), and an event refused
+# there fails its whole batch, which the processor then splits to find it. Every value
+# within the limits fits every index, counted uncompressed (PostgreSQL may compress a long
+# value but need not: random text does not shrink). An entry is an 8-byte header, then its
+# columns, each after at most 3 bytes of padding to a 4-byte boundary: text a 4-byte length
+# and its bytes, date 4 bytes, uuid 16 (no padding); then the whole rounded up to 8 (+7):
+#   daily_site_path_counts (site_id, date, path)    8 + 3+4+128 + 3+4 + 3+4+2048 + 7 = 2212
+#   daily_site_users (site_id, date, user_id)       8 + 3+4+128 + 3+4 + 3+4+256 + 7 = 420
+#   daily_site_visitors (site_id, date, visitor_id) 8 + 3+4+128 + 3+4 + 16 + 7 = 173
+#   event_ids (event_id, site_id)                   8 + 16 + 3+4+128 + 7 = 166
+#   daily_site_stats (site_id, date)                8 + 3+4+128 + 3+4 + 7 = 157
+# events has no index (sql/003); event_type and user_agent are in none. The largest, 2,212,
+# leaves 492 bytes (18%) below the limit. A new index or a longer limit must redo this sum:
+# tests/test_storable_limits.py recomputes it from the schema's own indexes.
+BTREE_MAX_ENTRY = 2704

@@ -18,7 +18,16 @@ from typing import Any
 
 import orjson
 
-from common.constants import EVENT_FIELD, MAX_MICROS, MIN_MICROS
+from common.constants import (
+    EVENT_FIELD,
+    MAX_EVENT_TYPE,
+    MAX_MICROS,
+    MAX_PATH,
+    MAX_SITE_ID,
+    MAX_USER_ID,
+    MIN_MICROS,
+)
+from common.text import text_fault
 
 # Column order of the staging table and of each row tuple.
 COLUMNS = (
@@ -94,15 +103,15 @@ def decode_event(fields: dict[bytes, bytes]) -> Row:
     client_ip = event.get("client_ip")
     return (
         _uuid(event.get("event_id"), "event_id"),
-        _text(event, "site_id"),
-        _text(event, "event_type"),
-        _text(event, "path"),
-        _optional_text(event, "user_id"),
+        _text(event, "site_id", MAX_SITE_ID),
+        _text(event, "event_type", MAX_EVENT_TYPE),
+        _text(event, "path", MAX_PATH),
+        _optional_text(event, "user_id", MAX_USER_ID),
         _time(event, "timestamp"),
         _time(event, "received_at"),
         None if visitor_id is None else _uuid(visitor_id, "visitor_id"),
         None if client_ip is None else _ip(client_ip),
-        _optional_text(event, "user_agent"),
+        _optional_text(event, "user_agent", None),  # in no index: no limit of ours
     )
 
 
@@ -119,20 +128,39 @@ def _ip(value: Any) -> IPv4Address | IPv6Address:
         raise UndecodableEntry("client_ip: not an IP address") from None
 
 
-def _text(event: dict[str, Any], key: str) -> str:
+def _text(event: dict[str, Any], key: str, max_bytes: int) -> str:
     value = event.get(key)
-    if not isinstance(value, str) or not value or "\x00" in value:
+    # The common case in one test: ASCII, one byte a character (isascii() is O(1)).
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= max_bytes
+        and value.isascii()
+        and "\x00" not in value
+    ):
+        return value
+    if not isinstance(value, str) or not value:
         raise UndecodableEntry(f"{key}: not a non-empty string")
-    return value
+    return _storable(value, key, max_bytes)
 
 
-def _optional_text(event: dict[str, Any], key: str) -> str | None:
+def _optional_text(event: dict[str, Any], key: str, max_bytes: int | None) -> str | None:
     """A string, or None for a missing or empty one."""
     value = event.get(key)
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or "\x00" in value:
+    if not isinstance(value, str):
         raise UndecodableEntry(f"{key}: not a string")
+    if (max_bytes is None or len(value) <= max_bytes) and value.isascii() and "\x00" not in value:
+        return value
+    return _storable(value, key, max_bytes)
+
+
+def _storable(value: str, key: str, max_bytes: int | None) -> str:
+    """The edge's own check, again: an entry may come from an older edge or straight from
+    a client of Redis. Refused here, it never reaches PostgreSQL to fail its batch there."""
+    fault = text_fault(value, max_bytes)
+    if fault is not None:
+        raise UndecodableEntry(f"{key}: {fault}")
     return value
 
 
