@@ -3,7 +3,9 @@
 Starts what it needs with settings of its own (a database and a stream key made for the
 run), pins the service to one core and wrk to the other where the machine allows it,
 and removes what it made. BENCH_ROUNDS (3), BENCH_SECONDS (8) and BENCH_EVENTS (200000)
-bound the run; BENCH_STEPS (e.g. "ingest_single,processing") picks steps.
+bound the run; BENCH_STEPS (e.g. "ingest_single,processing"; "poison": the processor with
+0.5% unstorable entries against the same drain without them) picks steps; BENCH_RESULTS
+names another folder for the results than benchmarks/results.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from benchmarks.processes import ROOT, cpus
 from common.config import Settings
 from common.migrate import prepare_database
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-ALL_STEPS = ("ingest_single", "ingest_batch", "processing", "freshness", "reporting")
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # or BENCH_RESULTS, e.g. for a trial run
+ALL_STEPS = ("ingest_single", "ingest_batch", "processing", "poison", "freshness", "reporting")
 
 
 def _machine(rounds: int, seconds: int) -> dict[str, Any]:
@@ -51,11 +53,12 @@ def _machine(rounds: int, seconds: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    wrk.ensure_installed()
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     seconds = int(os.environ.get("BENCH_SECONDS", "8"))
     events = int(os.environ.get("BENCH_EVENTS", "200000"))
     chosen = os.environ.get("BENCH_STEPS", ",".join(ALL_STEPS)).split(",")
+    if set(chosen) - {"processing", "poison"}:  # the others load a server with wrk
+        wrk.ensure_installed()
     base = Settings.from_env()
     database = f"analytics_bench_{uuid.uuid4().hex[:8]}"
     server_url = base.database_url.rsplit("/", 1)[0]
@@ -83,6 +86,8 @@ def main() -> int:
                     results[step] = steps.ingest(ctx, events_per_request=100)
                 elif step == "processing":
                     results[step] = steps.processing(ctx, events)
+                elif step == "poison":
+                    results[step] = steps.poison(ctx, events)
                 elif step == "freshness":
                     results[step] = steps.freshness(ctx, rate=2_000)
                 elif step == "reporting":
@@ -96,7 +101,7 @@ def main() -> int:
             client.close()
             asyncio.run(_drop(server_url, database))
     results["machine"]["minutes"] = round((time.monotonic() - started) / 60, 1)
-    json_path, png_path = report.write(results, RESULTS_DIR)
+    json_path, png_path = report.write(results, Path(os.environ.get("BENCH_RESULTS", RESULTS_DIR)))
     print(report.text(results))
     print(
         f"\n{results['machine']['cpu']}, {results['machine']['cores']} cores; "

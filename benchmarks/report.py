@@ -58,6 +58,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{processing['ratio']:.2f}",
             )
         )
+    poisoned = results.get("poison")
+    if poisoned:
+        table.append(
+            (
+                f"3b. processor, {poisoned['poison_share']:.1%} of {poisoned['events']:,} entries unstorable",
+                f"{poisoned['events_per_s']['median']:,.0f} entries/s, "
+                f"{poisoned['poison_entries']:,} dead-lettered",
+                f"same drain without them {poisoned['reference_events_per_s']['median']:,.0f} entries/s",
+                f"{poisoned['ratio']:.2f}",
+            )
+        )
     fresh = results.get("freshness")
     if fresh:
         table.append(
@@ -125,6 +136,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         ("ingest_single", "POST /event\nvs bare app"),
         ("ingest_batch", "POST /events\nvs bare app"),
         ("processing", "processor\nvs raw COPY"),
+        ("poison", "processor, 0.5% poison\nvs clean"),
         ("reporting", "GET /stats\nvs /health"),
     ]:
         if key in results:

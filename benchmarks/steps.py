@@ -1,4 +1,4 @@
-"""The five measurements of `make bench`, each with its reference from the same run."""
+"""The measurements of `make bench`, each with its reference from the same run."""
 
 from __future__ import annotations
 
@@ -152,19 +152,9 @@ def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
     copies: list[float] = []
     rss: list[float] = []
     for round_number in range(ctx.rounds):
-        ctx.reset()
-        _preload(ctx, payloads)
-        log_path = ctx.log_dir / f"processor-{round_number}.log"
-        command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
-        processor = Measured(command, ctx.env(log_level="INFO"), log_path)
-        if processor.wait(timeout=600) != 0:
-            raise processor.failure("failed")
-        assert processor.peak_rss_mb is not None
-        rss.append(processor.peak_rss_mb)
-        found = PROCESSED.search(log_path.read_bytes())
-        if found is None or int(found[1]) != events:
-            raise AssertionError(f"the processor did not drain {events} entries; see {log_path}")
-        ours.append(events / float(found[2]))
+        rate, peak_rss_mb = _drain(ctx, payloads, f"processor-{round_number}")
+        ours.append(rate)
+        rss.append(peak_rss_mb)
         _check_processed(ctx, events, views)
         copies.append(ctx.with_db(lambda conn: _raw_copy(conn, rows, batch_size)))
     return {
@@ -174,6 +164,66 @@ def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
         "reference_rows_per_s": summary(copies),
         "ratio": median([o / c for o, c in zip(ours, copies, strict=True)]),
         "peak_rss_mb": max(rss),
+    }
+
+
+def _drain(ctx: BenchContext, payloads: list[bytes], name: str) -> tuple[float, float]:
+    """Empty tables and stream, preload the payloads, and drain them with one processor:
+    (entries/s from its first batch, as it logs it; its peak RSS in MB)."""
+    ctx.reset()
+    _preload(ctx, payloads)
+    log_path = ctx.log_dir / f"{name}.log"
+    command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
+    processor = Measured(command, ctx.env(log_level="INFO"), log_path)
+    if processor.wait(timeout=600) != 0:
+        raise processor.failure("failed")
+    assert processor.peak_rss_mb is not None
+    found = PROCESSED.search(log_path.read_bytes())
+    if found is None or int(found[1]) != len(payloads):
+        raise AssertionError(f"the processor did not drain {len(payloads)} entries; see {log_path}")
+    return len(payloads) / float(found[2]), processor.peak_rss_mb
+
+
+POISON_SHARE = 0.005
+
+
+def poison(ctx: BenchContext, events: int) -> dict[str, Any]:
+    """The processor draining the same backlog twice a round: clean, and with 0.5% of its
+    entries replaced by page views whose path PostgreSQL could not index (random CJK
+    characters, 6,141 bytes: written straight to the stream, past the edge's limits).
+    Each poison entry costs a batch's work again where the database finds it, nothing
+    where decoding refuses it; the ratio says which, target >= 0.5."""
+    payloads, views = data.stream_payloads(events)
+    rng = random.Random(13)
+    poisoned = list(payloads)
+    chosen = rng.sample(range(events), round(events * POISON_SHARE))
+    clean_views_left = views
+    for index in chosen:
+        event = orjson.loads(poisoned[index])
+        clean_views_left -= event["event_type"] == "page_view"
+        path = "/" + "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(2046))
+        poisoned[index] = orjson.dumps(event | {"event_type": "page_view", "path": path})
+    clean: list[float] = []
+    dirty: list[float] = []
+    for round_number in range(ctx.rounds):
+        # Alternate which drain goes first, so that a drifting machine favours neither.
+        for kind in ("clean", "poisoned") if round_number % 2 == 0 else ("poisoned", "clean"):
+            if kind == "clean":
+                clean.append(_drain(ctx, payloads, f"processor-clean-{round_number}")[0])
+                _check_processed(ctx, events, views)
+                continue
+            dirty.append(_drain(ctx, poisoned, f"processor-poisoned-{round_number}")[0])
+            _check_processed(ctx, events - len(chosen), clean_views_left)
+            dead = int(ctx.redis.xlen(ctx.settings.dead_letter_key))
+            if dead != len(chosen):
+                raise AssertionError(f"{dead} dead letters for {len(chosen)} poison entries")
+    return {
+        "events": events,
+        "poison_entries": len(chosen),
+        "poison_share": POISON_SHARE,
+        "events_per_s": summary(dirty),
+        "reference_events_per_s": summary(clean),
+        "ratio": median([d / c for d, c in zip(dirty, clean, strict=True)]),
     }
 
 
