@@ -12,7 +12,7 @@ LOADTEST_SPAWN_RATE ?= 50
 LOADTEST_TIME ?= 30s
 LOADTEST_PROCESSES ?= 2
 
-.PHONY: run test lint migrate services services-stop preflight loadtest bench clean
+.PHONY: run test chaos lint migrate services services-stop preflight loadtest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -35,6 +35,13 @@ run: $(STAMP) preflight migrate
 ## test: the whole suite against the local Redis and PostgreSQL
 test: $(STAMP) preflight
 	$(BIN)/pytest
+
+## chaos: only the fault-injection scenarios (also part of `make test`); each asserts exact counts
+CHAOS_TESTS := tests/test_processor_faults.py tests/test_poison_flood.py tests/test_atomic_writes.py \
+	tests/test_ingest_faults.py tests/test_start_without_postgres.py tests/test_signals.py \
+	tests/test_processor_recovery.py
+chaos: $(STAMP) preflight
+	$(BIN)/pytest $(CHAOS_TESTS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
