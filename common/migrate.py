@@ -201,13 +201,31 @@ async def create_database_if_missing(database_url: str) -> None:
         await conn.close()
 
 
+class DatabaseUnfit(Exception):
+    """The database is reachable but cannot hold our data as it is: an operator's to fix."""
+
+
 async def prepare_database(database_url: str) -> list[str]:
     await create_database_if_missing(database_url)
     conn = await asyncpg.connect(database_url)
     try:
+        await check_encoding(conn)
         return await apply_migrations(conn)
     finally:
         await conn.close()
+
+
+async def check_encoding(conn: asyncpg.Connection) -> None:
+    """Text must be stored as UTF-8: the edge's byte limits, which make every accepted
+    event storable, count UTF-8 bytes, and another encoding may not hold a character
+    at all (LATIN1 has no CJK)."""
+    encoding = await conn.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        name = await conn.fetchval("SELECT current_database()")
+        raise DatabaseUnfit(
+            f"database {name} is encoded in {encoding}, not UTF8: create it with "
+            f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+        )
 
 
 def main() -> int:
@@ -215,7 +233,7 @@ def main() -> int:
     configure(settings.log_level)
     try:
         applied = asyncio.run(prepare_database(settings.database_url))
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, DatabaseUnfit) as exc:
         logger.error("cannot migrate %s: %s", redact_url(settings.database_url), exc)
         return 1
     logger.info("database is up to date (%d migrations applied now)", len(applied))

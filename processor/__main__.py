@@ -26,7 +26,7 @@ import uvloop
 
 from common.config import Settings, settings_or_exit
 from common.logs import configure
-from common.migrate import Stopped, prepare_database, retry_until_stopped
+from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
 from processor.consumer import StreamProcessor
 from processor.health import Health, health_server
 from processor.store import prepare_connection
@@ -128,7 +128,11 @@ def main() -> int:
     args = parser.parse_args()
     settings = settings_or_exit()
     configure(settings.log_level)
-    uvloop.run(run(settings, drain=args.drain, signals=early_stop))
+    try:
+        uvloop.run(run(settings, drain=args.drain, signals=early_stop))
+    except DatabaseUnfit as exc:  # retrying would not help: say so, without a traceback
+        logger.error("cannot start: %s", exc)
+        return 1
     return 0
 
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from urllib.parse import quote
 
 import asyncpg
+import pytest
 
-from common.migrate import apply_migrations, create_database_if_missing, migration_files
-from tests.conftest import POSTGRES_URL, _drop_database
+from common.migrate import (
+    DatabaseUnfit,
+    apply_migrations,
+    create_database_if_missing,
+    migration_files,
+    prepare_database,
+)
+from tests.conftest import POSTGRES_URL, ROOT, _drop_database
 
 
 async def test_concurrent_starts_apply_each_migration_once() -> None:
@@ -89,5 +99,28 @@ async def test_a_missing_database_is_created_whatever_options_its_url_carries() 
             assert await conn.fetchval("SHOW application_name") == "tests/migrate"
         finally:
             await conn.close()
+    finally:
+        await _drop_database(name)
+
+
+async def test_a_database_not_in_utf8_is_refused_at_start_naming_the_fix() -> None:
+    name = f"analytics_ascii_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0")
+    finally:
+        await admin.close()
+    try:
+        url = f"{POSTGRES_URL}/{name}"
+        with pytest.raises(DatabaseUnfit, match="SQL_ASCII, not UTF8"):
+            await prepare_database(url)
+        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": "redis://127.0.0.1:1/0"}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "processor"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "ENCODING 'UTF8'" in done.stderr and "Traceback" not in done.stderr
     finally:
         await _drop_database(name)
