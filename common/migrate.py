@@ -24,6 +24,7 @@ import asyncpg
 from common import constants
 from common.config import redact_url, settings_or_exit
 from common.logs import configure
+from common.stopping import stopped_within
 
 logger = logging.getLogger("common.migrate")  # also when run as __main__
 
@@ -142,7 +143,7 @@ async def retry_until_stopped(
             delay,
             error,
         )
-        if await _stopped_within(stop, delay):
+        if await stopped_within(stop, delay):
             break
     raise Stopped(what)
 
@@ -162,16 +163,6 @@ async def _unless_stopped(what: str, attempt: Callable[[], Awaitable[T]], stop: 
     if task.cancelled():
         raise Stopped(what)
     return task.result()  # done first, or finished although cancelled: use it
-
-
-async def _stopped_within(stop: asyncio.Event, delay: float) -> bool:
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
-    try:
-        async with asyncio.timeout(delay):
-            await stop.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 async def create_database_if_missing(database_url: str) -> None:

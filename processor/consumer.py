@@ -36,6 +36,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from common.config import Settings
+from common.stopping import stopped_within
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
 from processor.full_redis import DeadLetterWriter, GroupCreator
@@ -424,7 +425,7 @@ class StreamProcessor:
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**failures) * random.uniform(0.5, 1.0)
                 log.failed(exc, delay)
-                if await _stopped_within(self._stop, delay):
+                if await stopped_within(self._stop, delay):
                     raise Stopping from exc
                 continue
             log.succeeded()
@@ -433,14 +434,3 @@ class StreamProcessor:
 
 def _lost_group(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
-
-
-async def _stopped_within(stop: asyncio.Event, delay: float) -> bool:
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-    # that arrives as the wait ends, and then a SIGTERM would not stop the process.
-    try:
-        async with asyncio.timeout(delay):
-            await stop.wait()
-    except TimeoutError:
-        return False
-    return True
