@@ -30,11 +30,9 @@ MIGRATIONS_TABLE = "schema_migrations"
 # pg_advisory_lock key that serialises migrations across processes ("anlytics" in ASCII).
 MIGRATION_LOCK_KEY = 0x616E6C7974696373
 
-# The times an event may carry, in microseconds since the Unix epoch: up to the end of 9999
-# (what a datetime can hold, well inside PostgreSQL's range), from February of year 1: the
-# processor names each month's partition by its first day, sent as a date, and asyncpg sends
-# date.min (0001-01-01) as -infinity, which no partition bound can be.
-MIN_MICROS = -62_132_918_400_000_000  # 0001-02-01T00:00:00Z
+# The times an event may carry, in microseconds since the Unix epoch: years 1 to 9999 (what
+# a datetime can hold), well inside PostgreSQL's range.
+MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 MICROS_PER_DAY = 86_400_000_000
 

@@ -166,7 +166,7 @@ class EventStore:
     async def ensure_months(self, conn: asyncpg.Connection, months: set[date]) -> None:
         missing = months - self._months
         if missing:
-            await conn.execute(ENSURE_PARTITIONS, sorted(missing))
+            await conn.execute(ENSURE_PARTITIONS, [month.isoformat() for month in sorted(missing)])
             self._months |= missing
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[Row]) -> None:
@@ -175,7 +175,9 @@ class EventStore:
         await self.ensure_months(conn, months)
 
 
-ENSURE_PARTITIONS = "SELECT ensure_events_partition(month) FROM unnest($1::date[]) AS month"
+# Months go as ISO text: asyncpg sends date.min (0001-01-01) as -infinity, which no
+# partition bound can be.
+ENSURE_PARTITIONS = "SELECT ensure_events_partition(month::date) FROM unnest($1::text[]) AS month"
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
