@@ -35,7 +35,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     # never a wrong figure: storage is idempotent); 0 would take every pending entry.
     "claim_min_idle_ms": (100, 86_400_000, "ms"),
     "claim_interval_ms": (10, 3_600_000, "ms"),
-    # Under 2, one redelivery after a crash would already dead-letter an entry.
+    # Under 2, one redelivery after a crash would already single an entry out.
     "max_deliveries": (2, 1_000, "deliveries"),
     "maintenance_interval_ms": (10, 3_600_000, "ms"),
     "retention_days": (0, 36_500, "days"),  # a huge value overflows the cutoff date
@@ -78,7 +78,7 @@ class Settings:
     block_ms: int = 1000
     claim_min_idle_ms: int = 60_000
     claim_interval_ms: int = 5_000
-    # An entry delivered more often than this without being stored is dead-lettered.
+    # An entry delivered more often than this without being stored is stored by itself.
     max_deliveries: int = 5
     # How often a processor trims acknowledged entries and keeps partitions ahead.
     maintenance_interval_ms: int = 5_000
@@ -105,6 +105,10 @@ class Settings:
     @property
     def dead_letter_key(self) -> str:
         return self.stream_key + constants.DEAD_LETTER_SUFFIX
+
+    @property
+    def alone_attempts_key(self) -> str:
+        return self.stream_key + constants.ALONE_ATTEMPTS_SUFFIX
 
     @property
     def salt_key_prefix(self) -> str:

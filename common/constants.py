@@ -9,6 +9,9 @@ DEAD_LETTER_SUFFIX = ":dead"
 SALT_SUFFIX = ":visitor_salt:"
 # events ignored at the edge (bots): a hash per UTC day ("<prefix><YYYY-MM-DD>"), a field per site.
 IGNORED_SUFFIX = ":ignored:"
+# a hash of the entries being stored one at a time: entry id -> attempts begun (see
+# processor/consumer.py), an entry's field deleted once it is handled.
+ALONE_ATTEMPTS_SUFFIX = ":alone_attempts"
 
 # Each stream entry holds one field: the validated event, encoded as JSON by the ingest server.
 EVENT_FIELD = b"event"

@@ -7,10 +7,10 @@ Acknowledging only after the commit gives at-least-once delivery; the idempotent
 - PostgreSQL or Redis unavailable: the batch in hand is kept and retried with capped
   exponential backoff, acknowledging nothing, and failures are logged once per interval;
 - an entry the database rejects is isolated by splitting the batch, and dead-lettered
-  with the error; one redelivered past half of MAX_DELIVERIES is stored alone; one
-  delivered more than MAX_DELIVERIES times is dead-lettered if it was never stored (it
-  keeps killing its consumers) and acknowledged if it was: no entry blocks the stream,
-  and only entries that failed are dead-lettered, each with its own reason;
+  with the error; one delivered more than MAX_DELIVERIES times is acknowledged if it was
+  stored already, and otherwise stored by itself, after the rest of its batch: one that
+  stops its consumer ALONE_ATTEMPTS times even so is dead-lettered, with that reason.
+  No entry blocks the stream, and only entries that failed are dead-lettered;
 - a consumer group that vanishes (deleted, Redis restarted empty) is created again from
   the stream's start, wherever the loss shows: entries stored already are duplicates;
 - a monthly partition that cannot be made leaves its batch pending, retried and logged
@@ -39,7 +39,7 @@ from common.config import Settings
 from common.stopping import stopped_within
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
-from processor.full_redis import DeadLetterWriter, GroupCreator
+from processor.full_redis import AloneAttempts, DeadLetterWriter, GroupCreator
 from processor.health import Health
 from processor.maintenance import parse_id
 from processor.store import EventStore, PartitionUnavailable, StoreResult
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 10.0
+# Attempts to store an entry by itself that may end in a crash before it is dead-lettered.
+ALONE_ATTEMPTS = 3
 LOG_EVERY_S = 30.0
 # Errors caused by the data of some row: isolate the row instead of retrying the batch.
 POISON = (
@@ -118,6 +120,7 @@ class StreamProcessor:
         self._pool = pool
         self._store = EventStore(pool)
         self._group_creator = GroupCreator(client, settings.stream_key, settings.consumer_group)
+        self._attempts = AloneAttempts(client, settings.alone_attempts_key)
         self._dead_letters = DeadLetterWriter(
             client, settings.stream_key, settings.consumer_group, settings.dead_letter_key
         )
@@ -235,13 +238,20 @@ class StreamProcessor:
         batch = decode_entries(entries) if decoded is None else decoded
         undecodable = len(batch.rejected)
         rows, row_ids = batch.rows, batch.row_ids
-        alone_inserted = 0
+        alone: list[tuple[Row, bytes]] = []
         if redelivered and rows:
-            rows, row_ids, alone = await self._triage_redelivered(batch)
-            alone_inserted = await self._store_alone(alone, batch.rejected)
+            rows, row_ids, alone = await self._separate_suspects(batch)
         decoded_at = time.perf_counter()
         result = await self._store_isolating(rows, row_ids, batch.rejected)
-        result = dataclasses.replace(result, inserted=result.inserted + alone_inserted)
+        if alone:
+            # Acknowledge the rest first: a crash among the suspects must not make
+            # suspects of their neighbours too.
+            stored = [i for i in row_ids if i not in batch.rejected]
+            if stored:
+                ack = functools.partial(self._redis.xack, self._stream, self._group, *stored)
+                await self._retrying("acknowledging", ack)
+            inserted = await self._store_alone(alone, batch.rejected)
+            result = dataclasses.replace(result, inserted=result.inserted + inserted)
         stored_at = time.perf_counter()
         await self._acknowledged()  # the previous batch's, so that they stay in order
         acknowledge = functools.partial(self._acknowledge, batch, dict(entries))
@@ -287,16 +297,15 @@ class StreamProcessor:
             second = await self._store_isolating(rows[middle:], row_ids[middle:], rejected)
             return StoreResult(first.inserted + second.inserted, first.new_users + second.new_users)
 
-    async def _triage_redelivered(
+    async def _separate_suspects(
         self, batch: DecodedBatch
     ) -> tuple[list[Row], list[bytes], list[tuple[Row, bytes]]]:
-        """Sort redelivered rows by how often they were delivered: the rows to store as
-        a batch, and those to store alone. An entry delivered often without being
-        acknowledged may be what stops its consumers (a crash in the middle of its
-        batch): past half of MAX_DELIVERIES it is stored alone, in a transaction of its
-        own, so that it cannot take its neighbours down with it; past MAX_DELIVERIES,
-        one never stored is dead-lettered, and one stored already (its acknowledgement
-        was what failed) is acknowledged."""
+        """Split a redelivered batch into the rows to store together and the suspects,
+        each to be stored by itself. A suspect has been delivered more than
+        MAX_DELIVERIES times and is not stored yet: it may be what keeps stopping its
+        consumers (a crash in the middle of its batch), or only the neighbour of one, or
+        of many kills. One stored already (its acknowledgement was what failed) is
+        simply acknowledged with the batch."""
         ids = batch.row_ids
         first, last = min(ids, key=parse_id), max(ids, key=parse_id)
         details = await self._retrying(
@@ -312,44 +321,53 @@ class StreamProcessor:
         )
         counts = {d["message_id"]: int(d["times_delivered"]) for d in details}
         limit = self._settings.max_deliveries
-        together: list[int] = []
-        alone: list[int] = []
-        over: list[int] = []
-        for index, entry_id in enumerate(ids):
-            deliveries = counts.get(entry_id, 0)
-            if deliveries > limit:
-                over.append(index)
-            elif deliveries > limit // 2:
-                alone.append(index)
-            else:
-                together.append(index)
-        if over:
-            stored = await self._retrying(
-                "looking up stored events",
-                lambda: self._store.stored_keys([batch.rows[i] for i in over]),
-            )
-            for index in over:
-                row, entry_id = batch.rows[index], ids[index]
-                if (row[1], row[0]) not in stored:
-                    batch.rejected[entry_id] = (
-                        f"delivered {counts[entry_id]} times without being stored: every "
-                        "consumer that read it stopped before its commit, also when it "
-                        "was stored alone"
-                    )
+        over = [i for i, entry_id in enumerate(ids) if counts.get(entry_id, 0) > limit]
+        if not over:
+            return batch.rows, ids, []
+        stored = await self._retrying(
+            "looking up stored events",
+            lambda: self._store.stored_keys([batch.rows[i] for i in over]),
+        )
+        suspects = {i for i in over if (batch.rows[i][1], batch.rows[i][0]) not in stored}
+        together = [i for i in range(len(ids)) if i not in suspects]
         return (
             [batch.rows[i] for i in together],
             [ids[i] for i in together],
-            [(batch.rows[i], ids[i]) for i in alone],
+            [(batch.rows[i], ids[i]) for i in sorted(suspects)],
         )
 
-    async def _store_alone(self, alone: list[tuple[Row, bytes]], rejected: dict[bytes, str]) -> int:
-        """Store each row in a transaction of its own and acknowledge it at once."""
+    async def _store_alone(
+        self, suspects: list[tuple[Row, bytes]], rejected: dict[bytes, str]
+    ) -> int:
+        """Store each suspect in a transaction of its own and acknowledge it at once,
+        counting the attempts begun in Redis first. Dead letters need evidence about the
+        entry itself: only one that stopped its consumer ALONE_ATTEMPTS times while
+        stored by itself (or that the database refuses) is dead-lettered, with that
+        reason; kills of the batches around it are no evidence. (A crash between an
+        acknowledgement and its HDEL leaves one small field behind, nothing more.)"""
+        logger.warning(
+            "storing %d entries delivered more than %d times one at a time",
+            len(suspects),
+            self._settings.max_deliveries,
+        )
         inserted = 0
-        for row, entry_id in alone:
+        for row, entry_id in suspects:
+            begun = await self._retrying(
+                "counting an attempt", functools.partial(self._attempts.begin, entry_id)
+            )
+            if begun > ALONE_ATTEMPTS:
+                rejected[entry_id] = (
+                    f"stopped its consumer {begun - 1} times while it was being stored by "
+                    "itself (a crash, or a kill, each time)"
+                )
+                continue  # dead-lettered with the batch, then forgotten
             inserted += (await self._store_isolating([row], [entry_id], rejected)).inserted
             if entry_id not in rejected:
                 ack = functools.partial(self._redis.xack, self._stream, self._group, entry_id)
                 await self._retrying("acknowledging", ack)
+                await self._retrying(
+                    "forgetting attempts", functools.partial(self._attempts.forget, [entry_id])
+                )
         return inserted
 
     async def _read_ahead(self) -> tuple[list[Entry], DecodedBatch]:
@@ -383,6 +401,7 @@ class StreamProcessor:
             for entry_id, reason in rejected.items():
                 logger.warning("dead-lettering entry %s: %s", entry_id.decode(), reason)
             await self._dead_letters.move(rejected, fields)
+            await self._attempts.forget(list(rejected))
 
     async def maintain(self) -> None:
         """Trim the stream, keep partitions ahead, apply retention: failures only logged."""

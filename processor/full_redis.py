@@ -6,8 +6,9 @@ a MULTI. The processors are what frees memory there, by acknowledging and trimmi
 what they need to do that must not be refused:
 
 - acknowledgements are plain XACKs (never inside a MULTI);
-- the consumer group is created, and rejected entries are dead-lettered, by Lua scripts
-  flagged `allow-oom`, which Redis runs at the limit. Each takes a few bytes, given back
+- the consumer group is created, rejected entries are dead-lettered and attempts to
+  store an entry by itself are counted by Lua scripts flagged `allow-oom`, which Redis
+  runs at the limit. Each takes a few bytes, given back
   once the stream is trimmed past the entries concerned. (Script flags: Redis 7.0+.)
 """
 
@@ -44,6 +45,31 @@ while i <= #ARGV do
 end
 return 0
 """
+
+
+# KEYS[1]: the attempts hash. ARGV[1]: an entry id. Returns the attempts begun, this one too.
+_BEGIN_ATTEMPT = """#!lua flags=allow-oom
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
+
+class AloneAttempts:
+    """How often each entry has begun to be stored by itself: counted in Redis before
+    each attempt, so that an attempt that stopped its consumer (a crash, a kill) is
+    still counted when the entry comes again."""
+
+    def __init__(self, client: redis.Redis, key: str):
+        self._client = client
+        self._script = client.register_script(_BEGIN_ATTEMPT)
+        self._key = key
+
+    async def begin(self, entry_id: bytes) -> int:
+        return int(await self._script(keys=[self._key], args=[entry_id]))
+
+    async def forget(self, entry_ids: list[bytes]) -> None:
+        """Entries handled (stored, or dead-lettered): HDEL frees memory, also at the limit."""
+        if entry_ids:
+            await self._client.hdel(self._key, *entry_ids)
 
 
 class GroupCreator:

@@ -336,19 +336,21 @@ async def test_an_entry_delivered_too_often_is_dead_lettered(
         )
     )[0][1]
     [(killer_id, _)] = entries
-    # As if it had killed its consumer again and again: delivered max_deliveries times;
-    # the processor's own re-read is one delivery too many.
+    # As if it had killed its consumer again and again: delivered max_deliveries times
+    # (the processor's own re-read is one delivery too many), three of them while it
+    # was being stored by itself.
     for _ in range(settings.max_deliveries - 1):
         await redis_client.xclaim(
             settings.stream_key, settings.consumer_group, settings.consumer_name, 0, [killer_id]
         )
+    await redis_client.hset(settings.alone_attempts_key, killer_id, 3)
 
     await drain(settings, redis_client, db)
 
     assert await db.fetchval("SELECT count(*) FROM events") == 2
     [(_, fields)] = await redis_client.xrange(settings.dead_letter_key)
     assert fields[b"dead_letter_source_id"] == killer_id
-    assert b"delivered 6 times" in fields[b"dead_letter_reason"]
+    assert b"stopped its consumer 3 times" in fields[b"dead_letter_reason"]
 
 
 async def test_the_stream_is_never_trimmed_past_a_pending_entry(
@@ -518,3 +520,40 @@ async def test_a_redis_at_maxmemory_is_drained_and_ingest_accepts_again(
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_entries_delivered_too_often_are_stored_alone_through_more_kills(
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    scenario_factory: list[Scenario],
+    tmp_path: Path,
+) -> None:
+    # The first 1,000 entries come with MAX_DELIVERIES deliveries already, as kills of
+    # their batches would leave them: every later kill finds them being stored one at a
+    # time. Kills are no evidence against an entry: none may be dead-lettered.
+    scenario = new_scenario(scenario_factory, settings, 10_000, tmp_path)
+    await enqueue(redis_client, settings.stream_key, scenario.events)
+    await make_processor(scenario.settings, redis_client, db).ensure_group()
+    [(_, delivered)] = await redis_client.xreadgroup(
+        settings.consumer_group, "p0", {settings.stream_key: ">"}, count=1_000
+    )
+    ids = [entry_id for entry_id, _ in delivered]
+    for _ in range(scenario.settings.max_deliveries - 1):
+        await redis_client.xclaim(settings.stream_key, settings.consumer_group, "p0", 0, ids)
+    rng = random.Random(5)
+    scenario.start("p0")
+    for _ in range(6):
+        await wait_until(lambda: _alone(scenario), 30, "it stores entries one at a time")
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        scenario.kill("p0")
+        scenario.start("p0")  # the same name: it re-reads what it held
+    await wait_until(lambda: _all_done(redis_client, scenario.settings), 60, "processed")
+    await wait_until(lambda: _trimmed(redis_client, settings.stream_key), 20, "trimmed")
+    scenario.stop_all()
+    await assert_exact(scenario, redis_client, db)
+    assert await redis_client.xlen(settings.dead_letter_key) == 0
+
+
+async def _alone(scenario: Scenario) -> bool:
+    return "one at a time" in scenario.logs["p0"].read_text(errors="replace")

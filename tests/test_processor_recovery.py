@@ -75,10 +75,10 @@ async def test_the_same_event_id_on_two_sites_is_two_events_each_stored_once(
     assert [tuple(r) for r in views] == [("blog", 1), ("shop", 1)]
 
 
-async def test_past_max_deliveries_only_entries_never_stored_are_dead_lettered(
+async def test_past_max_deliveries_only_an_entry_that_keeps_crashing_alone_is_dead_lettered(
     redis_client: redis.Redis, db: asyncpg.Pool, settings: Settings
 ) -> None:
-    await enqueue(redis_client, settings, [page_view("s", n) for n in range(4)])
+    await enqueue(redis_client, settings, [page_view("s", n) for n in range(5)])
     processor = make_processor(settings, redis_client, db)
     await processor.ensure_group()
     entries = (
@@ -87,24 +87,27 @@ async def test_past_max_deliveries_only_entries_never_stored_are_dead_lettered(
         )
     )[0][1]
     ids = [entry_id for entry_id, _ in entries]
-    # Delivered MAX_DELIVERIES times; the first two were committed each time, but their
-    # consumer died before acknowledging them (the last two it never got to store).
+    # Delivered MAX_DELIVERIES times, its consumer killed each time: the first two were
+    # committed, but not acknowledged; the last had stopped its consumer three times
+    # while it was being stored by itself.
     for _ in range(settings.max_deliveries - 1):
         await redis_client.xclaim(
             settings.stream_key, settings.consumer_group, settings.consumer_name, 0, ids
         )
     await EventStore(db).store(decode_entries(entries[:2]).rows)
+    await redis_client.hset(settings.alone_attempts_key, ids[4], 3)
 
     await processor.run(asyncio.Event(), drain=True)  # its re-read is one delivery too many
 
-    assert await db.fetchval("SELECT count(*) FROM events") == 2
-    dead = await redis_client.xrange(settings.dead_letter_key)
-    assert [fields[b"dead_letter_source_id"] for _, fields in dead] == ids[2:]
-    for _, fields in dead:
-        reason = fields[b"dead_letter_reason"].decode()
-        assert reason.startswith(f"delivered {settings.max_deliveries + 1} times without")
+    # The stored two acknowledged, the two innocent ones stored (by themselves), the
+    # crasher dead-lettered with its own reason.
+    assert await db.fetchval("SELECT count(*) FROM events") == 4
+    [(_, fields)] = await redis_client.xrange(settings.dead_letter_key)
+    assert fields[b"dead_letter_source_id"] == ids[4]
+    assert fields[b"dead_letter_reason"].startswith(b"stopped its consumer 3 times while")
     pending = await redis_client.xpending(settings.stream_key, settings.consumer_group)
-    assert pending["pending"] == 0  # the stored two acknowledged, not dead-lettered
+    assert pending["pending"] == 0
+    assert await redis_client.hlen(settings.alone_attempts_key) == 0
 
 
 async def test_a_partition_that_cannot_be_made_keeps_its_events_pending_and_says_why(
