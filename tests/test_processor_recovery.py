@@ -18,23 +18,14 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
-from common.constants import EVENT_FIELD
-from ingest.validation import parse_event
 from processor.decode import decode_entries
 from processor.health import Health, health_server
 from processor.store import EventStore
 from tests.conftest import free_port, make_processor, settings_env
 from tests.processes import Service
+from tests.test_processor import enqueue
 
 NOW = time.time_ns() // 1000
-
-
-async def enqueue(client: redis.Redis, settings: Settings, events: list[dict[str, object]]) -> None:
-    async with client.pipeline(transaction=False) as pipe:
-        for event in events:
-            payload = orjson.dumps(parse_event(orjson.dumps(event), NOW))
-            pipe.xadd(settings.stream_key, {EVENT_FIELD: payload})
-        await pipe.execute()
 
 
 def page_view(site_id: str, number: int, day: str = "2024-05-06") -> dict[str, object]:
