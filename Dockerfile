@@ -5,6 +5,7 @@ COPY common ./common
 COPY ingest ./ingest
 COPY processor ./processor
 COPY report ./report
+COPY sites ./sites
 COPY sql ./sql
 RUN pip install --no-cache-dir .
 USER nobody

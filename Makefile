@@ -47,7 +47,7 @@ chaos: $(STAMP) preflight
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common ingest processor report
+	$(BIN)/mypy common ingest processor report sites
 
 ## migrate: create the database if needed and apply sql/ migrations
 migrate: $(STAMP)

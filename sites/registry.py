@@ -1,0 +1,88 @@
+"""The sites table: reads and writes of the registry, each in one statement or transaction."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from common.constants import WRITTEN_TABLES
+from sites.model import Site, SiteError
+
+_COLUMNS = "site_id, domains, time_zone, created_at, updated_at"
+
+
+def _site(record: asyncpg.Record) -> Site:
+    return Site(
+        record["site_id"],
+        tuple(record["domains"]),
+        record["time_zone"],
+        record["created_at"],
+        record["updated_at"],
+    )
+
+
+async def add(conn: asyncpg.Connection, site_id: str, domains: list[str], time_zone: str) -> Site:
+    record = await conn.fetchrow(
+        f"INSERT INTO sites (site_id, domains, time_zone) VALUES ($1, $2, $3)"
+        f" ON CONFLICT (site_id) DO NOTHING RETURNING {_COLUMNS}",
+        site_id,
+        sorted(set(domains)),
+        time_zone,
+    )
+    if record is None:
+        raise SiteError(f"site {site_id!r} is registered already")
+    return _site(record)
+
+
+async def all_sites(conn: asyncpg.Connection) -> list[Site]:
+    return [_site(r) for r in await conn.fetch(f"SELECT {_COLUMNS} FROM sites ORDER BY site_id")]
+
+
+async def get(conn: asyncpg.Connection, site_id: str) -> Site:
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sites WHERE site_id = $1", site_id)
+    if record is None:
+        raise SiteError(f"site {site_id!r} is not registered")
+    return _site(record)
+
+
+async def update(
+    conn: asyncpg.Connection,
+    site_id: str,
+    *,
+    add_domains: list[str],
+    remove_domains: list[str],
+    time_zone: str | None,
+) -> Site:
+    """One statement: the domains and the time zone change together or not at all."""
+    record = await conn.fetchrow(
+        f"""UPDATE sites SET
+            domains = ARRAY(
+                SELECT DISTINCT d FROM unnest(domains || $2::text[]) AS d
+                WHERE d <> ALL($3::text[]) ORDER BY d
+            ),
+            time_zone = coalesce($4, time_zone),
+            updated_at = now()
+        WHERE site_id = $1
+        RETURNING {_COLUMNS}""",
+        site_id,
+        add_domains,
+        remove_domains,
+        time_zone,
+    )
+    if record is None:
+        raise SiteError(f"site {site_id!r} is not registered")
+    return _site(record)
+
+
+async def remove(conn: asyncpg.Connection, site_id: str, *, delete_data: bool) -> dict[str, int]:
+    """Unregister the site; with `delete_data`, also delete its rows in every table the
+    processor writes, in the same transaction. Returns the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    async with conn.transaction():
+        status = await conn.execute("DELETE FROM sites WHERE site_id = $1", site_id)
+        if status == "DELETE 0":
+            raise SiteError(f"site {site_id!r} is not registered")
+        if delete_data:
+            for table in WRITTEN_TABLES:
+                status = await conn.execute(f"DELETE FROM {table} WHERE site_id = $1", site_id)
+                deleted[table] = int(status.split()[-1])
+    return deleted
