@@ -1,6 +1,7 @@
 """Run the HTTP server: `python -m ingest`."""
 
-# The signal handler goes in before the heavy imports, on purpose:
+# The signal handler goes in before the heavy imports, on purpose: a SIGTERM that comes
+# while they load must end the process with status 0 (see common/signals.py).
 
 from common.signals import early_stop
 

@@ -8,8 +8,9 @@ what they need to do that must not be refused:
 - acknowledgements are plain XACKs (never inside a MULTI);
 - the consumer group is created, rejected entries are dead-lettered and attempts to
   store an entry by itself are counted by Lua scripts flagged `allow-oom`, which Redis
-  runs at the limit. Each takes a few bytes, given back
-  once the stream is trimmed past the entries concerned. (Script flags: Redis 7.0+.)
+  runs at the limit. Each takes a few bytes: a dead letter's are given back once its
+  entry is trimmed from the stream, an attempt's by HDEL once the entry is handled.
+  (Script flags: Redis 7.0+.)
 """
 
 from __future__ import annotations
