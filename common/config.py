@@ -45,7 +45,16 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "max_future_seconds": (0, 31_622_400, "s"),
     "max_age_seconds": (0, 315_360_000, "s"),
     "max_backlog": (1, 1_000_000_000, "events"),
+    "header_timeout_ms": (100, 600_000, "ms"),
+    "keep_alive_ms": (100, 600_000, "ms"),
+    "body_timeout_ms": (100, 600_000, "ms"),
+    "max_connections": (16, 1_000_000, "connections"),
+    "registry_refresh_ms": (100, 60_000, "ms"),
+    "address_rate_limit": (0, 1_000_000_000, "requests/s"),
+    "site_rate_limit": (0, 1_000_000_000, "events/s"),
+    "key_rate_limit": (0, 1_000_000_000, "requests/min"),
 }
+SITES_MODES = ("open", "registered")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
@@ -101,6 +110,26 @@ class Settings:
     log_level: str = "INFO"
     # The processor's GET /health (what it fails at) on this port of HOST; 0: none.
     health_port: int = 0
+    # open: events for any site_id are stored; registered: only for sites in the registry
+    # (python -m sites), and browser events only from the site's domains.
+    sites_mode: str = "open"
+    # How often each server checks whether the registry (sites, API keys) has changed.
+    registry_refresh_ms: int = 2_000
+    # A connection must send a whole request head within this of opening; after a
+    # response, the next within keep_alive_ms; a body within body_timeout_ms of its head.
+    header_timeout_ms: int = 10_000
+    keep_alive_ms: int = 5_000
+    body_timeout_ms: int = 20_000
+    # Open connections per ingest process; at the cap the one that has waited longest for
+    # a request head makes room, or a new one is answered 503 (see ingest/edge.py). A
+    # connection that has begun a head holds about 6.5 KB: 4,096 of them, 27 MB.
+    max_connections: int = 4_096
+    # Ingest requests a second per client address (bursts as large); 0: no limit.
+    address_rate_limit: int = 1_000
+    # Events a second per site (bursts as large); 0: no limit.
+    site_rate_limit: int = 0
+    # Reporting requests a minute per API key (bursts as large); 0: no limit.
+    key_rate_limit: int = 600
 
     @property
     def dead_letter_key(self) -> str:
@@ -190,6 +219,10 @@ def _validate(settings: Settings) -> None:
                 f"{field.upper()} must be a URL with scheme {' or '.join(schemes)}, "
                 f"got {redact_url(url)!r}"
             )
+    if settings.sites_mode not in SITES_MODES:
+        raise ConfigError(
+            f"SITES_MODE must be one of {', '.join(SITES_MODES)}, got {settings.sites_mode!r}"
+        )
     if settings.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(
             f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"

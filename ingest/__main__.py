@@ -9,6 +9,7 @@ if __name__ == "__main__":
     early_stop.install()
 
 import logging
+import resource
 import sys
 
 import uvicorn
@@ -16,6 +17,7 @@ import uvicorn
 from common.config import settings_or_exit
 from common.logs import configure
 from ingest.app import create_app
+from ingest.edge import EdgeLimits, edge_protocol
 from ingest.server import SERVER_OPTIONS
 
 logger = logging.getLogger("ingest")
@@ -23,6 +25,30 @@ logger = logging.getLogger("ingest")
 # Requests still in flight at a stop get this long; then uvicorn cancels them. Without a
 # limit, one client that never finishes sending its body would keep the server up.
 GRACEFUL_SHUTDOWN_S = 5
+# File descriptors kept for everything but client connections (Redis, PostgreSQL, logs).
+RESERVED_FDS = 256
+
+
+def connection_cap(wanted: int) -> int:
+    """MAX_CONNECTIONS, lowered to what the file-descriptor limit allows once the soft
+    limit is raised to the hard one (a server is expected to use what it may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or wanted <= soft - RESERVED_FDS:
+        return wanted
+    cap = max(16, soft - RESERVED_FDS)
+    logger.warning(
+        "MAX_CONNECTIONS=%d is more than %d open files allow: %d connections at most",
+        wanted,
+        soft,
+        cap,
+    )
+    return cap
 
 
 def main() -> int:
@@ -32,13 +58,19 @@ def main() -> int:
         logger.info("stopped before starting (signal %d)", early_stop.signum)
         return 0
     logger.info("starting with %r", settings)
+    limits = EdgeLimits(
+        header_timeout_s=settings.header_timeout_ms / 1000,
+        keep_alive_s=settings.keep_alive_ms / 1000,
+        body_timeout_s=settings.body_timeout_ms / 1000,
+        max_connections=connection_cap(settings.max_connections),
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        **SERVER_OPTIONS,
+        **{**SERVER_OPTIONS, "http": edge_protocol(limits)},
     )
     server = uvicorn.Server(config)
     early_stop.hand_over(server.handle_exit)

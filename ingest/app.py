@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
+from ingest.admission import Admission
 from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
@@ -27,7 +28,9 @@ from ingest.intake import Intake
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.visitors import VisitorHasher
+from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
+from sites.live import LiveRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 class State(TypedDict):
     intake: Intake
     stats_db: StatsDatabase
+    reporting_access: ReportingAccess
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -103,25 +107,38 @@ def create_app(settings: Settings) -> IngestRouter:
         backlog = BacklogMonitor(
             client, settings.stream_key, settings.consumer_group, settings.max_backlog
         )
+        # In the background: events need only Redis, so PostgreSQL may be down at start.
+        stats_db = StatsDatabase(settings.database_url)
+        stats_db.start()
+        registry = LiveRegistry(lambda: stats_db.pool, settings.registry_refresh_ms / 1000)
+        registry.start()
+        if settings.sites_mode == "open":
+            logger.warning(
+                "SITES_MODE=open: events for any site_id are stored "
+                "(SITES_MODE=registered stores only those of registered sites)"
+            )
         intake = Intake(
             writer,
             VisitorHasher(client, settings.salt_key_prefix, settings.max_age_seconds),
             backlog,
+            Admission(settings, registry),
             settings.store_client_info,
         )
         backlog.start()
-        # In the background: events need only Redis, so PostgreSQL may be down at start.
-        stats_db = StatsDatabase(settings.database_url)
-        stats_db.start()
         # Start-up objects live as long as the process: keep them out of every collection,
         # and collect young objects less often (pauses showed in the p99 latency).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         try:
-            yield {"intake": intake, "stats_db": stats_db}
+            yield {
+                "intake": intake,
+                "stats_db": stats_db,
+                "reporting_access": ReportingAccess(registry, settings.key_rate_limit),
+            }
             await writer.aclose()
         finally:
+            await registry.aclose()
             await stats_db.aclose()
             await backlog.stop()
             await client.aclose()

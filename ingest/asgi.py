@@ -17,6 +17,11 @@ RETRY_AFTER = [(b"retry-after", b"1")]
 _JSON_MEDIA_TYPES = (b"application/json", b"application/x-ndjson", b"application/ndjson")
 
 
+class ClientGone(Exception):
+    """The client went away (or was cut off) before its body was whole: nothing of it is
+    used and nothing is answered, since a part of a batch is not what was sent."""
+
+
 class RequestError(Exception):
     """A request refused before validation, with its status and error body."""
 
@@ -52,11 +57,13 @@ def _check_content_type(declared: bytes) -> None:
 
 async def read_rest(first: Message, receive: Receive, limit: int) -> bytes:
     """The body that begins with `first` (a message that did not hold all of it, or held
-    too much); 413 as soon as it grows larger than `limit`."""
+    too much); 413 as soon as it grows larger than `limit`; ClientGone if it never ends."""
     message = first
     chunks: list[bytes] = []
     size = 0
-    while message["type"] != "http.disconnect":
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -64,10 +64,26 @@ _SAYS_BOT = re.compile(r"bot(?:[/_\-;)]|$)")
 _NOT_BOTS = ("cubot",)
 
 
-@functools.lru_cache(maxsize=16_384)
+# The memo is bounded in bytes, not only in entries: only agents of at most this many
+# characters are kept (browsers' are 100 to 300), so it holds at most 16,384 x 512 bytes
+# of keys, about 10 MB with their overhead. A longer one is checked each time it comes:
+# a few microseconds, and the edge limits a request's headers to 16 KiB.
+MEMO_MAX_AGENT = 512
+MEMO_ENTRIES = 16_384
+
+
 def is_bot(user_agent: str) -> bool:
-    """Whether the User-Agent is a known bot; cached, since browsers repeat theirs."""
+    """Whether the User-Agent is a known bot; remembered, since browsers repeat theirs."""
+    if len(user_agent) <= MEMO_MAX_AGENT:
+        return _remembered_is_bot(user_agent)
+    return _is_bot(user_agent)
+
+
+def _is_bot(user_agent: str) -> bool:
     agent = user_agent.lower()
     for name in _NOT_BOTS:
         agent = agent.replace(name, "")
     return any(marker in agent for marker in _BOT_MARKERS) or _SAYS_BOT.search(agent) is not None
+
+
+_remembered_is_bot = functools.lru_cache(maxsize=MEMO_ENTRIES)(_is_bot)

@@ -14,8 +14,11 @@ from starlette.types import Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
+from common.ratelimit import retry_after
+from ingest.admission import RateLimited, RegistryNotLoaded
 from ingest.asgi import (
     RETRY_AFTER,
+    ClientGone,
     RequestError,
     check_body_headers,
     read_rest,
@@ -41,6 +44,14 @@ ORIGIN_REFUSED = RequestError(
     403, "origin_not_allowed", "this origin may not send events", "origin"
 )
 IGNORED = {"status": "ignored"}
+REGISTRY_NOT_LOADED = error_body(
+    "unavailable", "the site registry has not been read yet; retry later"
+)
+_LIMITED = {
+    "address": "too many requests from this address; retry later",
+    "site_id": "too many events for this site; retry later",
+}
+_LIMITED_DETAIL = {field: {"field": field, "message": text} for field, text in _LIMITED.items()}
 
 # The smallest transparent 1x1 GIF.
 PIXEL = bytes.fromhex(
@@ -75,37 +86,56 @@ class _IngestEndpoint:
             await self._preflight(headers, send)
             return
         intake: Intake = scope["state"]["intake"]
-        cors = self._cors.response_headers(headers.get(b"origin"))
+        origin = headers.get(b"origin")
+        cors = self._cors.response_headers(origin)
         extra_headers = cors
         try:
             if cors is None:
                 raise ORIGIN_REFUSED
             if intake.backlog.exceeded:
                 raise Overloaded
+            peer = scope["client"][0] if scope.get("client") else ""
+            ip = self._clients.client_ip(peer, headers.get(b"x-forwarded-for"))
+            intake.admission.check_address(ip)
             body = b""
             if self.reads_body:
                 check_body_headers(headers, self._max_body_bytes)
                 message = await receive()
                 body = message.get("body", b"")
-                if message.get("more_body", False) or len(body) > self._max_body_bytes:
+                if (
+                    message.get("more_body", False)
+                    or len(body) > self._max_body_bytes
+                    or message["type"] != "http.request"
+                ):
                     body = await read_rest(message, receive, self._max_body_bytes)
             status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
             if events:
-                peer = scope["client"][0] if scope.get("client") else ""
-                ip = self._clients.client_ip(peer, headers.get(b"x-forwarded-for"))
                 user_agent = headers.get(b"user-agent", b"").decode("latin-1")
-                written = intake.submit(events, ip, user_agent)
+                submitted = len(events)
+                written = intake.submit(events, ip, user_agent, origin)
                 if written is None:
                     answer = IGNORED
                 else:
+                    if len(events) < submitted:
+                        answer = self.with_ignored(answer, events)
                     await written
         except RequestError as exc:
             status, answer = exc.status, exc.body
+        except ClientGone:
+            return
+        except RateLimited as exc:
+            status = 429
+            answer = error_body("rate_limited", _LIMITED[exc.field], [_LIMITED_DETAIL[exc.field]])
+            wait = [(b"retry-after", retry_after(exc.seconds))]
+            extra_headers = [*cors, *wait] if cors else wait
         except Overloaded:
             status, answer = 503, OVERLOADED
             extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
         except StreamUnavailable:
             status, answer = 503, UNAVAILABLE
+            extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
+        except RegistryNotLoaded:
+            status, answer = 503, REGISTRY_NOT_LOADED
             extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
         # One exit: answers are rendered to bytes, then sent (no coroutine per layer).
         response_headers, content = self.render(status, answer)
@@ -113,6 +143,10 @@ class _IngestEndpoint:
             response_headers += extra_headers
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": content})
+
+    def with_ignored(self, answer: Any, kept: list[dict[str, Any]]) -> Any:
+        """The answer once some of the request's events were ignored (a batch's)."""
+        return answer
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         raise NotImplementedError
@@ -162,6 +196,17 @@ class BatchEndpoint(_IngestEndpoint):
             "rejected": [{"index": index, "detail": r.detail()} for index, r in batch.rejected],
         }
         return 202, answer, batch.events
+
+    def with_ignored(self, answer: Any, kept: list[dict[str, Any]]) -> Any:
+        """Ignored events are neither accepted nor rejected: counted apart, ids left out."""
+        kept_ids = {event["event_id"] for event in kept}
+        ignored = [event_id for event_id in answer["event_ids"] if event_id not in kept_ids]
+        return {
+            **answer,
+            "accepted": len(kept),
+            "event_ids": [event_id for event_id in answer["event_ids"] if event_id in kept_ids],
+            "ignored": len(ignored),
+        }
 
 
 class PixelEndpoint(_IngestEndpoint):

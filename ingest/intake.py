@@ -1,6 +1,8 @@
 """What happens to validated events at the edge, in order: each step enriches or drops.
 
 1. bots: known crawlers, monitors and previewers are dropped (answered "ignored"), counted;
+   so are events the registry does not admit (SITES_MODE=registered, ingest/admission.py);
+   a site over its rate limit fails the request (429);
 2. visitors: an event without a user_id gets the salted visitor hash of its day;
 3. client info: the IP address and User-Agent are kept only where configured;
 4. the events are appended to the stream; the request is answered once Redis has them.
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from ingest.admission import Admission
 from ingest.backlog import BacklogMonitor
 from ingest.bots import is_bot
 from ingest.stream_writer import StreamUnavailable, StreamWriter
@@ -30,17 +33,29 @@ class Intake:
     writer: StreamWriter
     visitors: VisitorHasher
     backlog: BacklogMonitor
+    admission: Admission
     store_client_info: bool
 
     def submit(
-        self, events: list[dict[str, Any]], ip: str, user_agent: str
+        self, events: list[dict[str, Any]], ip: str, user_agent: str, origin: bytes | None
     ) -> Awaitable[None] | None:
         """Enrich and append the events: the awaitable is done once Redis has them; None
-        when they were ignored (a bot sent them). Not a coroutine on the common path, so
-        that a request suspends on the write itself and nothing else."""
+        when all were ignored. Events the registry does not admit are taken out of
+        `events`. Not a coroutine on the common path, so that a request suspends on the
+        write itself and nothing else."""
         if is_bot(user_agent):
-            self.writer.count_ignored([event["site_id"] for event in events])
+            self.writer.count_ignored([event["site_id"] for event in events], "bot")
             return None
+        ignored = self.admission.sort(events, origin)
+        if ignored:
+            dropped: set[int] = set()
+            for reason, some in ignored.items():
+                self.writer.count_ignored([event["site_id"] for event in some], reason)
+                dropped.update(map(id, some))
+            events[:] = [event for event in events if id(event) not in dropped]
+            if not events:
+                return None
+        self.admission.check_sites(events)
         try:
             return self._append(events, ip, user_agent)
         except SaltNotLoaded:  # once per process and day

@@ -6,7 +6,8 @@ from typing import Any
 SERVER_OPTIONS: dict[str, Any] = {
     "interface": "asgi3",  # IngestRouter.__call__ returns a coroutine: uvicorn cannot infer it
     "loop": "uvloop",
-    "http": "httptools",
+    "http": "httptools",  # ingest/__main__.py uses ingest.edge's protocol, built on it
+    "ws": "none",  # no WebSockets: an Upgrade request is an ordinary request
     "access_log": False,
     "log_config": None,
     "server_header": False,

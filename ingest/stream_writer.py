@@ -62,10 +62,11 @@ class StreamWriter:
             self._flusher = self._loop.create_task(self._flush_while_pending())
         return future
 
-    def count_ignored(self, site_ids: list[str]) -> None:
-        """Count events ignored at the edge; sent with the next write, best effort."""
-        day = datetime.fromtimestamp(time.time(), UTC).date().isoformat()
-        self._ignored.update((self._ignored_key_prefix + day, site) for site in site_ids)
+    def count_ignored(self, site_ids: list[str], reason: str) -> None:
+        """Count events ignored at the edge, in the day's hash under "<reason>:<site_id>"
+        (a reason holds no colon); sent with the next write, best effort."""
+        key = self._ignored_key_prefix + datetime.fromtimestamp(time.time(), UTC).date().isoformat()
+        self._ignored.update((key, f"{reason}:{site}") for site in site_ids)
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush_while_pending())
 

@@ -118,7 +118,7 @@ class StreamProcessor:
         self.health = Health() if health is None else health
         self._redis = client
         self._pool = pool
-        self._store = EventStore(pool)
+        self._store = EventStore(pool, registered_only=settings.sites_mode == "registered")
         self._group_creator = GroupCreator(client, settings.stream_key, settings.consumer_group)
         self._attempts = AloneAttempts(client, settings.alone_attempts_key)
         self._dead_letters = DeadLetterWriter(

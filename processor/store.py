@@ -9,12 +9,15 @@ writing at the same time take row locks in the same order and cannot deadlock.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import date
 
 import asyncpg
 
 from common.constants import MICROS_PER_DAY, PAGE_VIEW, STAGING_TABLE
 from processor.decode import COLUMNS, Row
+
+logger = logging.getLogger(__name__)
 
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # PostgreSQL counts time in microseconds since 2000-01-01 UTC, the stream since 1970-01-01.
@@ -111,6 +114,20 @@ SELECT (SELECT count(*) FROM inserted) AS inserted,
 """
 
 
+# SITES_MODE=registered: events of sites not in the registry are dropped before they are
+# stored. The batch's sites rows are locked (FOR KEY SHARE) until commit, so that
+# `python -m sites remove --delete-data` runs wholly before this batch (whose events are
+# then dropped) or wholly after it (and deletes them): none is left behind.
+DROP_UNREGISTERED = f"""
+WITH registered AS (
+    SELECT site_id FROM sites WHERE site_id IN (SELECT site_id FROM {STAGING_TABLE})
+    ORDER BY site_id
+    FOR KEY SHARE
+)
+DELETE FROM {STAGING_TABLE} WHERE site_id NOT IN (SELECT site_id FROM registered)
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreResult:
     inserted: int  # rows new to `events`; the rest were stored before (duplicates)
@@ -130,8 +147,9 @@ class EventStore:
     process) shows as a missing partition, which clears the memory and retries once.
     """
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, *, registered_only: bool = False):
         self._pool = pool
+        self._registered_only = registered_only
         self._months: set[date] = set()
 
     async def store(self, rows: list[Row]) -> StoreResult:
@@ -139,7 +157,7 @@ class EventStore:
             for attempt in (1, 2):
                 await self._ensure_partitions(conn, rows)
                 try:
-                    return await store_rows(conn, rows)
+                    return await store_rows(conn, rows, registered_only=self._registered_only)
                 except asyncpg.CheckViolationError as exc:
                     if "no partition" not in str(exc):
                         raise
@@ -198,9 +216,16 @@ async def use_epoch_micros(conn: asyncpg.Connection) -> None:
     )
 
 
-async def store_rows(conn: asyncpg.Connection, rows: list[Row]) -> StoreResult:
+async def store_rows(
+    conn: asyncpg.Connection, rows: list[Row], *, registered_only: bool = False
+) -> StoreResult:
     async with conn.transaction():
         await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=COLUMNS)
+        if registered_only:
+            status = await conn.execute(DROP_UNREGISTERED)
+            dropped = int(status.split()[-1])
+            if dropped:
+                logger.info("dropped %d events of sites not registered", dropped)
         record = await conn.fetchrow(STORE_STAGED)
     assert record is not None
     return StoreResult(inserted=record["inserted"], new_users=record["new_users"])

@@ -9,9 +9,8 @@ import re
 from datetime import UTC, date, datetime
 
 import asyncpg
-import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from common.constants import MAX_SITE_ID
 from common.errors import error_body
@@ -22,7 +21,9 @@ from common.migrate import (
     missing_migrations,
     retry_until_stopped,
 )
+from report.access import ReportingAccess
 from report.queries import daily_stats
+from report.responses import OrjsonResponse, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,6 @@ class StatsDatabase:
                 pool.terminate()
 
 
-class OrjsonResponse(JSONResponse):
-    def render(self, content: object) -> bytes:
-        return orjson.dumps(content)
-
-
 def _bad_request(field: str, message: str) -> OrjsonResponse:
     detail = [{"field": field, "message": message}]
     return OrjsonResponse(
@@ -111,12 +107,7 @@ def _bad_request(field: str, message: str) -> OrjsonResponse:
     )
 
 
-def _unavailable() -> OrjsonResponse:
-    body = error_body("unavailable", "the database is unavailable; retry later")
-    return OrjsonResponse(body, status_code=503, headers={"retry-after": "1"})
-
-
-async def stats(request: Request) -> OrjsonResponse:
+async def stats(request: Request) -> Response:
     site_id = request.query_params.get("site_id", "")
     if not site_id:
         return _bad_request("site_id", "required")
@@ -132,10 +123,14 @@ async def stats(request: Request) -> OrjsonResponse:
             day = date.fromisoformat(raw_date)
         except ValueError:
             return _bad_request("date", "must be a date as YYYY-MM-DD")
+    access: ReportingAccess = request.state.reporting_access
+    refusal = access.refusal(request, site_id)
+    if refusal is not None:
+        return refusal
 
     pool = request.state.stats_db.pool
     if pool is None:
-        return _unavailable()
+        return unavailable("the database is unavailable; retry later")
     try:
         result = await daily_stats(pool, site_id, day)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -145,7 +140,7 @@ async def stats(request: Request) -> OrjsonResponse:
             return OrjsonResponse(body, status_code=500)
         sqlstate = exc.sqlstate if isinstance(exc, asyncpg.PostgresError) else None
         logger.warning("stats query failed, answering 503 (SQLSTATE %s): %r", sqlstate, exc)
-        return _unavailable()
+        return unavailable("the database is unavailable; retry later")
     return OrjsonResponse(
         {
             "site_id": result.site_id,

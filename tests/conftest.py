@@ -71,14 +71,19 @@ def settings(database_url: str) -> Settings:
     )
 
 
+REGISTRY_TABLES = ("sites", "api_keys")
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the test database, whose tables start empty in every test."""
     async with asyncpg.create_pool(
         database_url, min_size=1, max_size=2, init=prepare_connection
     ) as pool:
-        await pool.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES)}")
+        await pool.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES + REGISTRY_TABLES)}")
         yield pool
+        # A site or key left behind would change how every later test's server answers.
+        await pool.execute(f"TRUNCATE {', '.join(REGISTRY_TABLES)}")
 
 
 @pytest.fixture

@@ -125,7 +125,7 @@ async def test_bots_are_answered_ignored_counted_and_not_enqueued(
 
     key = f"{settings.ignored_key_prefix}{datetime.now(UTC).date().isoformat()}"
     deadline = time.monotonic() + 5
-    while await redis_client.hget(key, "bot-site") != b"4":  # counted best effort, soon after
+    while await redis_client.hget(key, "bot:bot-site") != b"4":  # counted best effort, soon after
         assert time.monotonic() < deadline, await redis_client.hgetall(key)
         await asyncio.sleep(0.02)
 

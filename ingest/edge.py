@@ -1,0 +1,263 @@
+"""The HTTP connection as the open internet uses it: uvicorn's httptools protocol with the
+bounds nginx puts on its clients.
+
+- Time: a connection must deliver a whole request head within HEADER_TIMEOUT_MS of
+  opening, and after each response the next head within KEEP_ALIVE_MS (an idle
+  keep-alive connection is closed then); a body must be whole within BODY_TIMEOUT_MS of
+  its head. A request being answered has no deadline here (its Redis write has its own).
+- Size: the request target may hold 8 KiB (else 414), the headers 16 KiB together (else
+  431), counted as they arrive, so that a client cannot make the parser keep more.
+- Number: at MAX_CONNECTIONS a new connection takes the place of the one that has waited
+  longest for a request head (a slow or idle client: a normal one sends its head at once);
+  when every connection is busy with a request, the new one is answered 503 and closed.
+
+Deadlines need no timer per connection: each kind has one timeout, so entries added in
+time order stay in time order, and one timer per process takes the expired ones off the
+front of each queue, twice a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from common.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+MAX_TARGET_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+# Bytes of an unfinished head kept at most before it is refused. The exact limits above
+# are checked by the parser's callbacks; this bounds what the parser itself buffers (a
+# 64 MB header, say), give or take one read (at most 256 KiB with uvloop).
+_MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 1024
+_SWEEP_INTERVAL_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    header_timeout_s: float
+    keep_alive_s: float
+    body_timeout_s: float
+    max_connections: int
+
+
+class _Refused(Exception):
+    """A request refused by a parser callback, with its answer."""
+
+    def __init__(self, status: int, code: str, message: str, field: str):
+        super().__init__(message)
+        self.answer = _answer(status, code, message, field)
+
+
+def _answer(status: int, code: str, message: str, field: str) -> bytes:
+    """A whole HTTP response that closes the connection, in our error shape."""
+    body = orjson.dumps(error_body(code, message, [{"field": field, "message": message}]))
+    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
+    retry = b"retry-after: 1\r\n" if status == 503 else b""
+    return STATUS_LINE[status] + head % len(body) + retry + b"\r\n" + body
+
+
+_TIMED_OUT = _answer(408, "request_timeout", "the request was not sent in time", "request")
+_BUSY = _answer(503, "too_many_connections", "the server is busy; retry later", "connection")
+_TARGET_TOO_LONG = (414, "uri_too_long", f"request target over {MAX_TARGET_BYTES} bytes", "url")
+_HEADERS_TOO_LARGE = (
+    431,
+    "headers_too_large",
+    f"request headers over {MAX_HEADER_BYTES} bytes together",
+    "headers",
+)
+
+
+class _Deadlines:
+    """Connections waiting for one thing, oldest first; each has `timeout_s` from its start."""
+
+    __slots__ = ("_due", "timeout_s")
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._due: OrderedDict[EdgeProtocol, float] = OrderedDict()
+
+    def start(self, connection: EdgeProtocol, now: float) -> None:
+        self._due[connection] = now + self.timeout_s
+
+    def stop(self, connection: EdgeProtocol) -> None:
+        self._due.pop(connection, None)
+
+    def oldest(self) -> EdgeProtocol | None:
+        return next(iter(self._due), None)
+
+    def expired(self, now: float) -> list[EdgeProtocol]:
+        due = self._due
+        gone = []
+        while due:
+            connection, deadline = next(iter(due.items()))
+            if deadline > now:
+                break
+            del due[connection]
+            gone.append(connection)
+        return gone
+
+
+class EdgeGuard:
+    """The deadlines and the connection count of one process's server."""
+
+    def __init__(self, limits: EdgeLimits):
+        self.limits = limits
+        self.heads = _Deadlines(limits.header_timeout_s)
+        self.idle = _Deadlines(limits.keep_alive_s)
+        self.bodies = _Deadlines(limits.body_timeout_s)
+        # A clock read by the hot path as an attribute, moved on by the sweep: deadlines
+        # are as precise as the sweep anyway.
+        self.now = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed_slow = 0
+        self.evicted = 0
+        self.refused_busy = 0
+
+    def start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self.now = loop.time()
+            self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.now = now = loop.time()
+        for connection in self.heads.expired(now) + self.idle.expired(now):
+            connection.head_timed_out()
+        for connection in self.bodies.expired(now):
+            connection.answer_and_close(_TIMED_OUT)
+        self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
+
+    def make_room(self) -> bool:
+        """Close the connection that has waited longest for a request head; False when
+        every connection is busy with a request."""
+        victim = self.heads.oldest() or self.idle.oldest()
+        if victim is None:
+            return False
+        self.evicted += 1
+        # Out of the queues now: its connection_lost comes later, and until then it must
+        # not be chosen again.
+        self.heads.stop(victim)
+        self.idle.stop(victim)
+        victim.head_timed_out()
+        return True
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """One client connection (see the module's docstring); `guard` is set per server."""
+
+    guard: ClassVar[EdgeGuard]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # of the unfinished request head; -1 once the head is whole
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        guard = self.guard
+        guard.start_sweeping(self.loop)
+        if len(self.connections) >= guard.limits.max_connections and not guard.make_room():
+            guard.refused_busy += 1
+            transport.write(_BUSY)
+            transport.close()
+            return
+        super().connection_made(transport)
+        guard.heads.start(self, guard.now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:  # refused in connection_made: nothing was set up
+            return
+        guard = self.guard
+        guard.heads.stop(self)
+        guard.idle.stop(self)
+        guard.bodies.stop(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self.answer_and_close(exc.__context__.answer)
+            else:
+                raise
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # no WebSockets here
+        else:
+            if self._head_bytes >= 0:  # the head is still unfinished after this read
+                self._head_bytes += len(data)
+                if self._head_bytes > _MAX_HEAD_BYTES:
+                    too_long = len(self.url) > MAX_TARGET_BYTES
+                    refusal = _Refused(*(_TARGET_TOO_LONG if too_long else _HEADERS_TOO_LARGE))
+                    self.answer_and_close(refusal.answer)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_TARGET_BYTES:
+            raise _Refused(*_TARGET_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refused(*_HEADERS_TOO_LARGE)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = -1
+        guard = self.guard
+        guard.heads.stop(self)
+        guard.idle.stop(self)
+        guard.bodies.start(self, guard.now)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.guard.bodies.stop(self)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive timer replaced by the shared idle deadlines.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.guard.idle.start(self, self.guard.now)
+
+    def head_timed_out(self) -> None:
+        """Out of time for a request head: answered 408 if it began one, else closed."""
+        self.guard.closed_slow += 1
+        if self._head_bytes > 0:
+            self.answer_and_close(_TIMED_OUT)
+        else:
+            self.transport.close()
+
+    def answer_and_close(self, response: bytes) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request whose body is cut off: its handler sees the client gone.
+            self.cycle.keep_alive = False
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+
+def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:
+    """The protocol class for one server, with its own guard (uvicorn makes one
+    instance per connection and gives it no other place for shared state)."""
+    return type("BoundedEdgeProtocol", (EdgeProtocol,), {"guard": EdgeGuard(limits)})

@@ -1,0 +1,61 @@
+"""Who may read a site's figures: `Authorization: Bearer KEY` with an API key of the
+registry (python -m sites key create), checked against the in-memory copy of it.
+
+With no active key at all the reporting API is open, as the original design is (the
+server warns at start). Once one exists: no key or an unknown one is 401, a key without
+that site 403, a key over its request rate 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common.errors import error_body
+from common.ratelimit import TokenBuckets, retry_after
+from report.responses import OrjsonResponse, unavailable
+from sites.keys import hash_key, prefix_of
+from sites.live import LiveRegistry
+
+_CHALLENGE = {"www-authenticate": 'Bearer realm="analytics"'}
+
+
+def _refusal(status: int, code: str, message: str, headers: dict[str, str]) -> OrjsonResponse:
+    body = error_body(code, message, [{"field": "authorization", "message": message}])
+    return OrjsonResponse(body, status_code=status, headers=headers)
+
+
+class ReportingAccess:
+    def __init__(self, registry: LiveRegistry, requests_per_minute: int):
+        self._registry = registry
+        rate = requests_per_minute / 60
+        self._limits = (
+            TokenBuckets(rate, requests_per_minute, "API keys") if requests_per_minute else None
+        )
+
+    def refusal(self, request: Request, site_id: str) -> Response | None:
+        """None when the request may read `site_id`; else the answer to give."""
+        snapshot = self._registry.snapshot
+        if snapshot is None:
+            return unavailable("the site registry has not been read yet; retry later")
+        if not snapshot.keys:
+            return None
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return _refusal(401, "unauthorized", "an API key is required: Bearer KEY", _CHALLENGE)
+        prefix = prefix_of(key) or ""
+        rule = snapshot.keys.get(prefix)
+        # compare_digest: how long the comparison takes says nothing about the hash.
+        if rule is None or not hmac.compare_digest(hash_key(key), rule.key_hash):
+            return _refusal(401, "unauthorized", "the API key is not valid", _CHALLENGE)
+        if not rule.may_read(site_id):
+            return _refusal(403, "forbidden", f"this API key may not read site {site_id!r}", {})
+        if self._limits is not None:
+            wait = self._limits.take(prefix)
+            if wait:
+                headers = {"retry-after": retry_after(wait).decode()}
+                return _refusal(429, "rate_limited", "too many requests with this key", headers)
+        return None
