@@ -1,7 +1,8 @@
-"""Manage the site registry: `python -m sites add|list|show|update|remove`.
+"""Manage the site registry: `python -m sites add|list|show|update|remove|erase-user`
+and the reporting API's keys: `python -m sites key create|list|revoke`.
 
-Exit status: 0 done, 1 refused (a site unknown or registered already, a bad domain or
-time zone: nothing was changed), 2 a usage or configuration error.
+Exit status: 0 done, 1 refused (a site or key unknown or there already, a bad domain,
+time zone or scope: nothing was changed), 2 a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ import asyncpg
 
 from common.config import Settings, redact_url, settings_or_exit
 from common.migrate import DatabaseUnfit, prepare_database
-from sites import registry
-from sites.model import Site, SiteError, check_domain, check_site_id, check_time_zone
+from sites import keys, registry
+from sites.model import (
+    Site,
+    SiteError,
+    check_domain,
+    check_site_id,
+    check_time_zone,
+    check_user_id,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,8 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument(
         "--delete-data",
         action="store_true",
-        help="also delete its events and aggregates, in the same transaction",
+        help="also delete its events, aggregates and keys, in the same transaction",
     )
+
+    erase = commands.add_parser(
+        "erase-user", help="delete one user's raw events (aggregate counts stay)"
+    )
+    erase.add_argument("site_id", metavar="SITE_ID")
+    erase.add_argument("user_id", metavar="USER_ID")
+
+    key = commands.add_parser("key", help="API keys of the reporting routes")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="KEY_COMMAND")
+    create = key_commands.add_parser("create", help="make a key; it is printed once, last")
+    create.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="SITE_ID",
+        help="a site it may read (repeat for several; none: every site)",
+    )
+    create.add_argument("--scope", default="stats:read", choices=keys.SCOPES)
+    create.add_argument("--name", default="", metavar="N", help="what it is for")
+    key_commands.add_parser("list", help="every key: prefix, name, scope, sites, state")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix")
+    revoke.add_argument("prefix", metavar="PREFIX", help="ak_ and 8 characters, as listed")
     return parser
 
 
@@ -68,8 +98,34 @@ def _describe(site: Site) -> str:
     )
 
 
+def _describe_key(key: keys.ApiKey) -> str:
+    state = "active" if key.revoked_at is None else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
+    return (
+        f"{key.prefix}  {key.scope:<11}  {', '.join(key.site_ids) or '(all sites)'}  "
+        f"created {key.created_at:%Y-%m-%d %H:%M}  {state}  {key.name}"
+    ).rstrip()
+
+
+async def _run_key(args: argparse.Namespace, conn: asyncpg.Connection) -> str:
+    if args.key_command == "create":
+        site_ids = [check_site_id(site_id) for site_id in args.site]
+        secret, key = await keys.create(conn, name=args.name, scope=args.scope, site_ids=site_ids)
+        return "\n".join(
+            [
+                "created (the key is shown this once; only its hash is kept):",
+                _describe_key(key),
+                secret,
+            ]
+        )
+    if args.key_command == "list":
+        return "\n".join(map(_describe_key, await keys.all_keys(conn))) or "no keys"
+    return "revoked\n" + _describe_key(await keys.revoke(conn, args.prefix))
+
+
 async def _run(args: argparse.Namespace, conn: asyncpg.Connection) -> str:
     """What to print; raises SiteError for anything refused."""
+    if args.command == "key":
+        return await _run_key(args, conn)
     if args.command == "list":
         sites = await registry.all_sites(conn)
         if not sites:
@@ -96,11 +152,20 @@ async def _run(args: argparse.Namespace, conn: asyncpg.Connection) -> str:
             time_zone=time_zone,
         )
         return "updated\n" + _describe(site)
+    if args.command == "erase-user":
+        deleted = await registry.erase_user(conn, site_id, check_user_id(args.user_id))
+        lines = [f"erased user {args.user_id!r} of site {site_id}"]
+        lines += [f"deleted {count} rows from {table}" for table, count in deleted.items()]
+        lines.append("aggregate counts stay: they identify no one")
+        return "\n".join(lines)
     deleted = await registry.remove(conn, site_id, delete_data=args.delete_data)
     lines = [f"removed site {site_id}"]
     lines += [f"deleted {count} rows from {table}" for table, count in deleted.items()]
     if args.delete_data:
-        lines.append("events for it still in the stream, or sent from now on, are stored again")
+        lines.append(
+            "its events still in the stream are dropped by processors in SITES_MODE=registered;"
+            " in open mode they, and any sent from now on, are stored again"
+        )
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import re
 import zoneinfo
 from datetime import datetime
 
-from common.constants import MAX_SITE_ID
+from common.constants import MAX_SITE_ID, MAX_USER_ID
 from common.text import text_fault
 
 # One DNS label: letters, digits and inner hyphens, at most 63 characters (RFC 1123).
@@ -37,6 +37,16 @@ def check_site_id(site_id: str) -> str:
     if fault is not None:
         raise SiteError(f"site id {site_id!r}: {fault}")
     return site_id
+
+
+def check_user_id(user_id: str) -> str:
+    """A user id as events carry it."""
+    if not user_id:
+        raise SiteError("a user id must not be empty")
+    fault = text_fault(user_id, MAX_USER_ID)
+    if fault is not None:
+        raise SiteError(f"user id {user_id!r}: {fault}")
+    return user_id
 
 
 def check_domain(text: str) -> str:

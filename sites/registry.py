@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import asyncpg
 
 from common.constants import WRITTEN_TABLES
 from sites.model import Site, SiteError
 
 _COLUMNS = "site_id, domains, time_zone, created_at, updated_at"
+# A deletion may deadlock with a processor's writes to the same rows (the processor
+# retries too): the loser's transaction is rolled back whole and run again.
+_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return await work()
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == _ATTEMPTS:
+                raise
+            await asyncio.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _site(record: asyncpg.Record) -> Site:
@@ -75,14 +94,53 @@ async def update(
 
 async def remove(conn: asyncpg.Connection, site_id: str, *, delete_data: bool) -> dict[str, int]:
     """Unregister the site; with `delete_data`, also delete its rows in every table the
-    processor writes, in the same transaction. Returns the rows deleted per table."""
-    deleted: dict[str, int] = {}
-    async with conn.transaction():
-        status = await conn.execute("DELETE FROM sites WHERE site_id = $1", site_id)
-        if status == "DELETE 0":
-            raise SiteError(f"site {site_id!r} is not registered")
-        if delete_data:
-            for table in WRITTEN_TABLES:
-                status = await conn.execute(f"DELETE FROM {table} WHERE site_id = $1", site_id)
-                deleted[table] = int(status.split()[-1])
-    return deleted
+    processor writes and its API keys (a key for several sites loses this one), in the
+    same transaction. Returns the rows deleted per table.
+
+    The sites row goes first: processors in SITES_MODE=registered hold it (FOR KEY SHARE)
+    while they store its events, so this waits for them, and they drop its events after."""
+
+    async def attempt() -> dict[str, int]:
+        deleted: dict[str, int] = {}
+        async with conn.transaction():
+            status = await conn.execute("DELETE FROM sites WHERE site_id = $1", site_id)
+            if status == "DELETE 0":
+                raise SiteError(f"site {site_id!r} is not registered")
+            if delete_data:
+                for table in WRITTEN_TABLES:
+                    status = await conn.execute(f"DELETE FROM {table} WHERE site_id = $1", site_id)
+                    deleted[table] = _count(status)
+                status = await conn.execute(
+                    "DELETE FROM api_keys WHERE site_ids = ARRAY[$1::text]", site_id
+                )
+                deleted["api_keys"] = _count(status)
+                await conn.execute(
+                    "UPDATE api_keys SET site_ids = array_remove(site_ids, $1)"
+                    " WHERE $1 = ANY(site_ids)",
+                    site_id,
+                )
+        return deleted
+
+    return await _retrying(attempt)
+
+
+async def erase_user(conn: asyncpg.Connection, site_id: str, user_id: str) -> dict[str, int]:
+    """Delete one user's raw events and per-user rows of a site, in one transaction.
+    Aggregate counts stay as they are: they identify no one. (`events` has no index on
+    user_id: this reads every partition, which suits a rare request.)"""
+
+    async def attempt() -> dict[str, int]:
+        deleted: dict[str, int] = {}
+        async with conn.transaction():
+            for table in ("events", "daily_site_users"):
+                status = await conn.execute(
+                    f"DELETE FROM {table} WHERE site_id = $1 AND user_id = $2", site_id, user_id
+                )
+                deleted[table] = _count(status)
+        return deleted
+
+    return await _retrying(attempt)
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])
