@@ -32,7 +32,15 @@ from common.config import Settings
 from common.migrate import prepare_database
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"  # or BENCH_RESULTS, e.g. for a trial run
-ALL_STEPS = ("ingest_single", "ingest_batch", "processing", "poison", "freshness", "reporting")
+ALL_STEPS = (
+    "ingest_single",
+    "ingest_batch",
+    "processing",
+    "poison",
+    "freshness",
+    "reporting",
+    "slow_clients",
+)
 
 
 def _machine(rounds: int, seconds: int) -> dict[str, Any]:
@@ -95,6 +103,8 @@ def main() -> int:
                     results[step] = steps.freshness(ctx, rate=2_000)
                 elif step == "reporting":
                     results[step] = steps.reporting(ctx)
+                elif step == "slow_clients":
+                    results[step] = steps.slow_clients(ctx)
                 else:
                     raise SystemExit(f"unknown step {step!r}; steps: {', '.join(ALL_STEPS)}")
         finally:

@@ -90,6 +90,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{report['ratio']:.2f}",
             )
         )
+    slow = results.get("slow_clients")
+    if slow:
+        table.append(
+            (
+                f"6. {slow['attacker_connections']:,} slow and idle connections (slowloris), "
+                "normal client at 50 req/s",
+                f"p99 {slow['p99_ms']:.1f} ms, {slow['normal_failures']} failed of "
+                f"{slow['normal_requests']:,}; server {slow['server_peak_rss_mb']:.0f} MB, "
+                f"{slow['server_peak_open_files']:,} files at most; "
+                f"{slow['closed_by_server']:,} attacker connections closed",
+                f"same client, no attackers: p99 {slow['reference_p99_ms']:.1f} ms",
+                f"{slow['reference_p99_ms'] / slow['p99_ms']:.2f}",
+            )
+        )
     memory = []
     if single:
         memory.append(

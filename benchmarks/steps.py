@@ -16,8 +16,10 @@ import asyncpg
 import orjson
 
 from benchmarks import data, wrk
+from benchmarks import slow_clients as slow_clients_module
 from benchmarks.context import BenchContext, median, summary
 from benchmarks.processes import Measured, free_port, http_server, pinned
+from common.config import Settings
 from common.constants import EVENT_FIELD
 from processor.decode import COLUMNS, decode_entries
 from processor.store import use_epoch_micros
@@ -384,3 +386,12 @@ async def _seed_report_day(conn: asyncpg.Connection, site: str, day: date) -> No
         day,
     )
     await conn.execute("ANALYZE daily_site_path_counts")
+
+
+def slow_clients(ctx: BenchContext) -> dict[str, Any]:
+    """20,000 slow and idle connections against one ingest process with its default
+    limits (the other steps lift the per-address limit: wrk sends from one address)."""
+    env = ctx.env(address_rate_limit=Settings().address_rate_limit)
+    return slow_clients_module.run_private(
+        env, connections=20_000, seconds=30, service_cpu=ctx.service_cpu, load_cpu=ctx.load_cpu
+    )

@@ -121,8 +121,8 @@ class Settings:
     keep_alive_ms: int = 5_000
     body_timeout_ms: int = 20_000
     # Open connections per ingest process; at the cap the one that has waited longest for
-    # a request head makes room, or a new one is answered 503 (see ingest/edge.py). A
-    # connection that has begun a head holds about 6.5 KB: 4,096 of them, 27 MB.
+    # its client makes room, or a new one is answered 503 (see ingest/edge.py). One holds
+    # 3 to 8.5 KB: 4,096 of them, 35 MB at most.
     max_connections: int = 4_096
     # Ingest requests a second per client address (bursts as large); 0: no limit.
     address_rate_limit: int = 1_000

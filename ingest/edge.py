@@ -6,10 +6,19 @@ bounds nginx puts on its clients.
   keep-alive connection is closed then); a body must be whole within BODY_TIMEOUT_MS of
   its head. A request being answered has no deadline here (its Redis write has its own).
 - Size: the request target may hold 8 KiB (else 414), the headers 16 KiB together (else
-  431), counted as they arrive, so that a client cannot make the parser keep more.
-- Number: at MAX_CONNECTIONS a new connection takes the place of the one that has waited
-  longest for a request head (a slow or idle client: a normal one sends its head at once);
-  when every connection is busy with a request, the new one is answered 503 and closed.
+  431), counted as they arrive, so that a client cannot make the parser keep more; the
+  bodies being received, all together, 32 MiB (else a body that is not alone gets 503).
+- Number: at MAX_CONNECTIONS a new connection takes the place of one that has waited
+  longest for its client (for a request head, else for the rest of a body: a normal
+  client sends both at once; else an idle keep-alive one); when every connection is busy
+  with a request being answered, the new one is answered 503 and closed.
+
+An error answer is sent, then the connection closed lingering (nginx's lingering_close):
+its sending side first, while what the client still sends is dropped, so that the client
+reads the answer rather than a reset.
+
+Memory: a connection waiting for a request head holds about 3 KB (4.7 KB once it has sent
+part of one), one receiving a body about 8.5 KB with its request's task (measured).
 
 Deadlines need no timer per connection: each kind has one timeout, so entries added in
 time order stay in time order, and one timer per process takes the expired ones off the
@@ -21,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, ClassVar
 
 import httptools
 import orjson
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from common.errors import error_body
 
@@ -39,6 +50,10 @@ MAX_HEADER_BYTES = 16 * 1024
 # 64 MB header, say), give or take one read (at most 256 KiB with uvloop).
 _MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 1024
 _SWEEP_INTERVAL_S = 0.5
+# Request bodies being received, all connections together: beyond it, a body that is not
+# the only one is refused (503). Every connection may otherwise hold MAX_BODY_BYTES.
+BODY_BUDGET_BYTES = 32 * 1024 * 1024
+LINGER_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +82,7 @@ def _answer(status: int, code: str, message: str, field: str) -> bytes:
 
 _TIMED_OUT = _answer(408, "request_timeout", "the request was not sent in time", "request")
 _BUSY = _answer(503, "too_many_connections", "the server is busy; retry later", "connection")
+_BODIES_REFUSED = (503, "too_many_bodies", "the server is receiving too much; retry later", "body")
 _TARGET_TOO_LONG = (414, "uri_too_long", f"request target over {MAX_TARGET_BYTES} bytes", "url")
 _HEADERS_TOO_LARGE = (
     431,
@@ -91,8 +107,9 @@ class _Deadlines:
     def stop(self, connection: EdgeProtocol) -> None:
         self._due.pop(connection, None)
 
-    def oldest(self) -> EdgeProtocol | None:
-        return next(iter(self._due), None)
+    def oldest(self) -> tuple[EdgeProtocol, float] | None:
+        """The connection waiting longest, and its deadline."""
+        return next(iter(self._due.items()), None)
 
     def expired(self, now: float) -> list[EdgeProtocol]:
         due = self._due
@@ -114,9 +131,11 @@ class EdgeGuard:
         self.heads = _Deadlines(limits.header_timeout_s)
         self.idle = _Deadlines(limits.keep_alive_s)
         self.bodies = _Deadlines(limits.body_timeout_s)
+        self.lingering = _Deadlines(LINGER_S)
         # A clock read by the hot path as an attribute, moved on by the sweep: deadlines
         # are as precise as the sweep anyway.
         self.now = 0.0
+        self.body_bytes = 0  # of the bodies being received, by every connection
         self._timer: asyncio.TimerHandle | None = None
         self.closed_slow = 0
         self.evicted = 0
@@ -133,21 +152,33 @@ class EdgeGuard:
             connection.head_timed_out()
         for connection in self.bodies.expired(now):
             connection.answer_and_close(_TIMED_OUT)
+        for connection in self.lingering.expired(now):
+            connection.transport.close()
         self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
 
     def make_room(self) -> bool:
-        """Close the connection that has waited longest for a request head; False when
-        every connection is busy with a request."""
-        victim = self.heads.oldest() or self.idle.oldest()
-        if victim is None:
-            return False
-        self.evicted += 1
-        # Out of the queues now: its connection_lost comes later, and until then it must
-        # not be chosen again.
-        self.heads.stop(victim)
-        self.idle.stop(victim)
-        victim.head_timed_out()
-        return True
+        """Close one connection to make room for a new one: one answered already, else
+        the one that has waited longest for a request head, else for the rest of a
+        body, else an idle keep-alive one (a client served already, most likely a real
+        one, who can connect again). False when every connection is busy with a request."""
+        answered = self.lingering.oldest()
+        if answered is not None:
+            self.lingering.stop(answered[0])
+            answered[0].transport.close()
+            return True
+        for queue in (self.heads, self.bodies, self.idle):
+            oldest = queue.oldest()
+            if oldest is None:
+                continue
+            victim = oldest[0]
+            self.evicted += 1
+            # Closed at once, without an answer or lingering: that would keep its place.
+            # Out of its queue now: its connection_lost comes later, and until then it
+            # must not be chosen again.
+            queue.stop(victim)
+            victim.transport.close()
+            return True
+        return False
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -159,6 +190,12 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0  # of the unfinished request head; -1 once the head is whole
         self._header_bytes = 0
+        self._body_bytes = 0  # of the body being received, counted in guard.body_bytes
+        self._lingering = False  # answered and closing: see answer_and_close
+        # Memory: what uvicorn makes for every connection up front (flow control, the
+        # pipeline queue, the request scope) is made here once a request head is whole,
+        # so that a connection still waiting for one holds about 3 KB less.
+        self.pipeline = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
@@ -168,7 +205,12 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.write(_BUSY)
             transport.close()
             return
-        super().connection_made(transport)
+        # uvicorn's, less the flow control (made with the first request).
+        self.connections.add(self)
+        self.transport = transport
+        self.server = get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
         guard.heads.start(self, guard.now)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -178,9 +220,14 @@ class EdgeProtocol(HttpToolsProtocol):
         guard.heads.stop(self)
         guard.idle.stop(self)
         guard.bodies.stop(self)
+        guard.lingering.stop(self)
+        guard.body_bytes -= self._body_bytes
+        self._body_bytes = 0
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # answered already: the rest is dropped
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -201,7 +248,10 @@ class EdgeProtocol(HttpToolsProtocol):
                     self.answer_and_close(refusal.answer)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, less the scope: on_headers_complete makes it.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._head_bytes = 0
         self._header_bytes = 0
 
@@ -222,10 +272,35 @@ class EdgeProtocol(HttpToolsProtocol):
         guard.heads.stop(self)
         guard.idle.stop(self)
         guard.bodies.start(self, guard.now)
+        if self.flow is None:
+            self.flow = FlowControl(self.transport)
+            self.pipeline = deque()
+        self.scope = {  # type: ignore[typeddict-item]  # the rest is filled in by uvicorn
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        guard = self.guard
+        self._body_bytes += len(body)
+        guard.body_bytes += len(body)
+        if guard.body_bytes > BODY_BUDGET_BYTES and self._body_bytes < guard.body_bytes:
+            raise _Refused(*_BODIES_REFUSED)  # stops the parser: no part of it is used
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        self.guard.bodies.stop(self)
+        guard = self.guard
+        guard.bodies.stop(self)
+        guard.body_bytes -= self._body_bytes
+        self._body_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -240,6 +315,14 @@ class EdgeProtocol(HttpToolsProtocol):
         else:
             self.guard.idle.start(self, self.guard.now)
 
+    def pause_writing(self) -> None:
+        if self.flow is not None:  # else only an error answer is being written
+            self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
+
     def head_timed_out(self) -> None:
         """Out of time for a request head: answered 408 if it began one, else closed."""
         self.guard.closed_slow += 1
@@ -249,12 +332,25 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def answer_and_close(self, response: bytes) -> None:
+        """Send an error answer, then close, lingering (as nginx does): a socket closed
+        with a request still unread would reset, and the client might never read the
+        answer. So its sending side is closed first, and what the client still sends is
+        read and dropped until it closes too, or LINGER_S at most."""
         if self.cycle is not None and not self.cycle.response_complete:
             # A request whose body is cut off: its handler sees the client gone.
             self.cycle.keep_alive = False
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        if self._lingering or self.transport.is_closing():
+            return
+        self.transport.write(response)
+        guard = self.guard
+        guard.heads.stop(self)
+        guard.idle.stop(self)
+        guard.bodies.stop(self)
+        self._lingering = True
+        self.transport.write_eof()
+        self.flow = self.flow or FlowControl(self.transport)
+        self.flow.resume_reading()
+        guard.lingering.start(self, guard.now)
 
 
 def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:

@@ -34,6 +34,11 @@ class PrivateRedis:
     def start(self) -> None:
         self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
 import statistics
 import time
@@ -18,6 +20,7 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
+from tests.servers import PrivateRedis
 from tests.test_edge_http import CHROME
 
 EVENT = orjson.dumps({"site_id": "edge", "event_type": "page_view", "path": "/"})
@@ -243,26 +246,56 @@ async def test_at_the_connection_cap_waiting_clients_make_room_for_new_ones(
         writer.close()
 
 
-async def test_when_every_connection_is_busy_a_new_one_is_answered_503(
+async def test_at_the_cap_a_stalled_body_makes_room_too(
     start_server: Callable[[Settings], str], settings: Settings
 ) -> None:
     settings = _quick(settings, max_connections=16, body_timeout_ms=60_000)
-    start_server(settings)
-    # Connections in the middle of a body are busy with a request: none may be evicted.
-    busy = [
+    base_url = start_server(settings)
+    stalled = [
         await _open(
             settings.port, b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
         )
         for _ in range(16)
     ]
     await asyncio.sleep(0.2)
-    reader, writer = await _open(settings.port)
-    answer = await _closed_within(reader, 5)
-    assert answer.startswith(b"HTTP/1.1 503 ")
-    assert b"retry-after: 1" in answer and b"too_many_connections" in answer
-    writer.close()
-    for _, busy_writer in busy:
-        busy_writer.close()
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        assert (await _post(client)).status_code == 202
+    # Closed at once to make room, without an answer (one would keep its place a while).
+    assert await _closed_within(stalled[0][0], 5) == b""
+    for _, writer in stalled:
+        writer.close()
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_answered_503(
+    start_server: Callable[[Settings], str], settings: Settings
+) -> None:
+    """Requests being answered are never closed to make room: with Redis stopped, every
+    connection waits on its write, and the next one is refused."""
+    stalled_redis = PrivateRedis()
+    stalled_redis.start()
+    try:
+        await stalled_redis.wait_until_up()
+        settings = _quick(
+            settings, max_connections=16, redis_url=stalled_redis.url, redis_timeout_ms=10_000
+        )
+        start_server(settings)
+        os.kill(stalled_redis.pid, signal.SIGSTOP)
+        request = b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(EVENT),
+            EVENT,
+        )
+        busy = [await _open(settings.port, request) for _ in range(16)]
+        await asyncio.sleep(0.3)
+        reader, writer = await _open(settings.port)
+        answer = await _closed_within(reader, 5)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in answer and b"too_many_connections" in answer
+        writer.close()
+        for _, busy_writer in busy:
+            busy_writer.close()
+    finally:
+        os.kill(stalled_redis.pid, signal.SIGCONT)
+        stalled_redis.close()
 
 
 async def test_many_slow_and_idle_connections_do_not_starve_a_normal_client(
@@ -316,3 +349,39 @@ async def test_many_slow_and_idle_connections_do_not_starve_a_normal_client(
     # Generous: the attackers run on the same two cores as the server and the client.
     assert p99 < 0.5, f"p99 {p99 * 1000:.0f} ms"
     assert rss < 150
+
+
+async def test_bodies_being_received_together_are_bounded(
+    start_server: Callable[[Settings], str], settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Forty clients each send most of a 1 MB body and stall: past 32 MB in all, the
+    server refuses bodies (503) rather than keep them; none of them is used."""
+    settings = dataclasses.replace(settings, body_timeout_ms=60_000)
+    start_server(settings)
+    pid = _server_pid(settings.port)
+    before = _rss_mb(pid)
+    part = b"[" + b" " * 900_000
+    connections = [
+        await _open(
+            settings.port,
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + part,
+        )
+        for _ in range(40)
+    ]
+    answers = []
+    for reader, _ in connections:
+        try:
+            async with asyncio.timeout(0.5):
+                answers.append(await reader.read())
+        except TimeoutError:
+            answers.append(None)  # still receiving: within the budget
+    grown = _rss_mb(pid) - before
+    for _, writer in connections:
+        writer.close()
+    refused = [a for a in answers if a is not None]
+    assert refused and all(
+        a.startswith(b"HTTP/1.1 503 ") and b"too_many_bodies" in a for a in refused
+    )
+    assert 30 <= answers.count(None) <= 37  # about 32 MB of them go on
+    assert grown < 80, f"the server grew by {grown:.0f} MB"  # 36 MB sent, counted twice at most
+    assert await redis_client.xlen(settings.stream_key) == 0
