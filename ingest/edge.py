@@ -264,7 +264,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise _Refused(*_HEADERS_TOO_LARGE)
-        super().on_header(name, value)
+        # uvicorn's, inlined: this runs for every header of every request.
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; RFC 9110 drops it
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1

@@ -31,22 +31,21 @@ class Site:
 
 def check_site_id(site_id: str) -> str:
     """The site id as events carry it: the same rule as the edge's."""
-    if not site_id:
-        raise SiteError("a site id must not be empty")
-    fault = text_fault(site_id, MAX_SITE_ID)
-    if fault is not None:
-        raise SiteError(f"site id {site_id!r}: {fault}")
-    return site_id
+    return _check_id("site id", site_id, MAX_SITE_ID)
 
 
 def check_user_id(user_id: str) -> str:
     """A user id as events carry it."""
-    if not user_id:
-        raise SiteError("a user id must not be empty")
-    fault = text_fault(user_id, MAX_USER_ID)
+    return _check_id("user id", user_id, MAX_USER_ID)
+
+
+def _check_id(what: str, value: str, limit: int) -> str:
+    if not value:
+        raise SiteError(f"a {what} must not be empty")
+    fault = text_fault(value, limit)
     if fault is not None:
-        raise SiteError(f"user id {user_id!r}: {fault}")
-    return user_id
+        raise SiteError(f"{what} {value!r}: {fault}")
+    return value
 
 
 def check_domain(text: str) -> str:
