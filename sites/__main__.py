@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", metavar="N", help="what it is for")
     key_commands.add_parser("list", help="every key: prefix, name, scope, sites, state")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix")
-    revoke.add_argument("prefix", metavar="PREFIX", help="ak_ and 8 characters, as listed")
+    revoke.add_argument(
+        "prefix",
+        metavar="PREFIX",
+        help="ak_ and 8 characters, exactly as listed (or the whole key)",
+    )
     return parser
 
 

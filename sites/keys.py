@@ -1,8 +1,9 @@
 """API keys for the reporting routes: their form, their hash, and the api_keys table.
 
 A key is "ak_", 8 lower-case letters or digits (the public prefix, by which it is
-listed, revoked and found), then 32 random URL-safe characters. Only its SHA-256 is
-stored: keys are long random strings, so a fast hash is enough (as for GitHub's tokens).
+listed, revoked and found), then 32 random URL-safe characters (192 bits). Only its
+SHA-256 is stored: keys are long random strings, so a fast hash is enough (as for
+GitHub's tokens).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ PREFIX = "ak_"
 PREFIX_LENGTH = 11  # "ak_" and 8 characters: public, how a key is listed and found
 _SECRET_LENGTH = 32
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
-_SECRET_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
+_PREFIX_CHARACTERS = frozenset(_PREFIX_ALPHABET)
+_SECRET_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
 MAX_KEY_NAME = 200  # bytes
 
 
@@ -34,11 +36,19 @@ def new_key() -> str:
 
 def prefix_of(key: str) -> str | None:
     """The key's prefix; None when the text cannot be one of our keys (cheap checks)."""
-    if len(key) != PREFIX_LENGTH + _SECRET_LENGTH or not key.startswith(PREFIX):
+    if len(key) != PREFIX_LENGTH + _SECRET_LENGTH or not _is_prefix(key[:PREFIX_LENGTH]):
         return None
-    if not set(key[len(PREFIX) :]) <= _SECRET_ALPHABET:
+    if not _SECRET_CHARACTERS.issuperset(key[PREFIX_LENGTH:]):
         return None
     return key[:PREFIX_LENGTH]
+
+
+def _is_prefix(text: str) -> bool:
+    return (
+        len(text) == PREFIX_LENGTH
+        and text.startswith(PREFIX)
+        and _PREFIX_CHARACTERS.issuperset(text[len(PREFIX) :])
+    )
 
 
 def hash_key(key: str) -> bytes:
@@ -58,7 +68,11 @@ class ApiKey:
     site_ids: tuple[str, ...]  # the sites it may read; empty: every site
     created_at: datetime
     revoked_at: datetime | None
-    key_hash: bytes
+    key_hash: bytes = dataclasses.field(repr=False)
+
+    def may_read(self, site_id: str) -> bool:
+        """Whether this key may read the site's figures (both scopes may read)."""
+        return not self.site_ids or site_id in self.site_ids
 
 
 def _key(record: asyncpg.Record) -> ApiKey:
@@ -80,6 +94,8 @@ async def create(
     if scope not in SCOPES:
         raise SiteError(f"scope {scope!r}: one of {', '.join(SCOPES)}")
     fault = text_fault(name, MAX_KEY_NAME)
+    if fault is None and not name.isprintable():
+        fault = "must be one line of printable characters"
     if fault is not None:
         raise SiteError(f"name {name!r}: {fault}")
     async with conn.transaction():
@@ -112,14 +128,30 @@ async def all_keys(conn: asyncpg.Connection) -> list[ApiKey]:
 
 
 async def revoke(conn: asyncpg.Connection, prefix: str) -> ApiKey:
-    """Revoke the key of this prefix (its first 11 characters, as `key list` shows)."""
-    record = await conn.fetchrow(
-        f"UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL"
-        f" RETURNING {_COLUMNS}",
-        prefix[:PREFIX_LENGTH],
-    )
-    if record is not None:
-        return _key(record)
-    if await conn.fetchval("SELECT 1 FROM api_keys WHERE prefix = $1", prefix[:PREFIX_LENGTH]):
-        raise SiteError(f"key {prefix[:PREFIX_LENGTH]} is revoked already")
-    raise SiteError(f"no key {prefix!r} (python -m sites key list shows them)")
+    """Revoke a key named by its prefix, exactly the 11 characters `key list` shows (no
+    shorter match: a key is never revoked by a guess). A whole key is accepted too, and
+    must be the stored one (its hash is checked)."""
+    whole = prefix_of(prefix) is not None
+    if not whole and not _is_prefix(prefix):
+        shown = prefix if len(prefix) <= PREFIX_LENGTH else prefix[:PREFIX_LENGTH] + "..."
+        raise SiteError(
+            f"{shown!r} is not a key prefix: {PREFIX} and {PREFIX_LENGTH - len(PREFIX)}"
+            " lower-case letters or digits, as python -m sites key list shows"
+        )
+    name = prefix[:PREFIX_LENGTH]
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE prefix = $1 FOR UPDATE", name
+        )
+        if record is None:
+            raise SiteError(f"no key {name} (python -m sites key list shows them)")
+        if whole and bytes(record["key_hash"]) != hash_key(prefix):
+            raise SiteError(f"the text given is not the key {name} (its prefix alone will do)")
+        if record["revoked_at"] is not None:
+            raise SiteError(f"key {name} is revoked already")
+        record = await conn.fetchrow(
+            f"UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 RETURNING {_COLUMNS}",
+            name,
+        )
+    assert record is not None
+    return _key(record)
