@@ -1,17 +1,18 @@
-"""Who may send events: per-address and per-site rate limits, and in SITES_MODE=registered
-the site registry (only registered sites; browser events only from the site's domains).
+"""Who may send events: per-address and per-site rate limits (counted per second), and in
+SITES_MODE=registered the site registry (only registered sites; browser events only from
+the site's domains).
 
 Everything here reads memory: the registry is a copy kept current by sites.live.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import time
 from typing import Any
 
 from common.config import Settings
-from common.ratelimit import TokenBuckets
+from common.ratelimit import SecondCounts
 from sites.live import LiveRegistry
 
 SITE_NOT_REGISTERED = "site_not_registered"
@@ -19,11 +20,10 @@ ORIGIN_NOT_ALLOWED = "origin_not_allowed"
 
 
 class RateLimited(Exception):
-    """Too many requests from one address, or events for one site: retry after `seconds`."""
+    """Too many requests from one address, or events for one site, in this second."""
 
-    def __init__(self, seconds: float, field: str):
+    def __init__(self, field: str):
         super().__init__(field)
-        self.seconds = seconds
         self.field = field
 
 
@@ -43,20 +43,36 @@ def address_key(ip: str) -> str:
 
 
 class Admission:
+    """The checks of every request, cheap where they are on: per-second counts (one timer
+    starts them afresh), and a registry lookup per event in registered mode."""
+
     def __init__(self, settings: Settings, registry: LiveRegistry):
         self._registry = registry
         self._registered_only = settings.sites_mode == "registered"
-        rate = settings.address_rate_limit
-        self._addresses = TokenBuckets(rate, rate, "client addresses") if rate else None
-        rate = settings.site_rate_limit
-        self._sites = TokenBuckets(rate, rate, "sites") if rate else None
+        limit = settings.address_rate_limit
+        # Counted by the endpoint itself, before it reads a body (see address_key).
+        self.addresses = SecondCounts(limit, "client addresses") if limit else None
+        limit = settings.site_rate_limit
+        self._sites = SecondCounts(limit, "sites") if limit else None
+        # Whether submitted events need looking at (else the intake skips both calls).
+        self.checks_events = self._registered_only or self._sites is not None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def check_address(self, ip: str) -> None:
-        """Before the body is read: RateLimited when the address is over its limit."""
-        if self._addresses is not None:
-            wait = self._addresses.take(address_key(ip))
-            if wait:
-                raise RateLimited(wait, "address")
+    def start(self) -> None:
+        """Start the counts afresh every second, from now on (in the server's loop)."""
+        loop = asyncio.get_running_loop()
+
+        def next_second() -> None:
+            for counts in (self.addresses, self._sites):
+                if counts is not None:
+                    counts.reset()
+            self._timer = loop.call_later(1.0, next_second)
+
+        self._timer = loop.call_later(1.0, next_second)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     def sort(
         self, events: list[dict[str, Any]], origin: bytes | None
@@ -83,14 +99,13 @@ class Admission:
         return ignored
 
     def check_sites(self, events: list[dict[str, Any]]) -> None:
-        """RateLimited when a site of these events is over its limit (then none is sent)."""
+        """RateLimited when a site of these events is over its limit (then none is sent;
+        sites counted before it in this request keep their count)."""
         if self._sites is None:
             return
-        now = time.monotonic()
         counts: dict[str, int] = {}
         for event in events:
             counts[event["site_id"]] = counts.get(event["site_id"], 0) + 1
         for site, count in counts.items():
-            wait = self._sites.take(site, count, now)
-            if wait:
-                raise RateLimited(wait, "site_id")
+            if self._sites.over(site, count):
+                raise RateLimited("site_id")

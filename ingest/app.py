@@ -117,11 +117,13 @@ def create_app(settings: Settings) -> IngestRouter:
                 "SITES_MODE=open: events for any site_id are stored "
                 "(SITES_MODE=registered stores only those of registered sites)"
             )
+        admission = Admission(settings, registry)
+        admission.start()
         intake = Intake(
             writer,
             VisitorHasher(client, settings.salt_key_prefix, settings.max_age_seconds),
             backlog,
-            Admission(settings, registry),
+            admission,
             settings.store_client_info,
         )
         backlog.start()
@@ -138,6 +140,7 @@ def create_app(settings: Settings) -> IngestRouter:
             }
             await writer.aclose()
         finally:
+            admission.stop()
             await registry.aclose()
             await stats_db.aclose()
             await backlog.stop()

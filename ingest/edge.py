@@ -6,7 +6,9 @@ bounds nginx puts on its clients.
   keep-alive connection is closed then); a body must be whole within BODY_TIMEOUT_MS of
   its head. A request being answered has no deadline here (its Redis write has its own).
 - Size: the request target may hold 8 KiB (else 414), the headers 16 KiB together (else
-  431), counted as they arrive, so that a client cannot make the parser keep more; the
+  431: names and values, as nginx counts them), checked once the head is whole; a head
+  that comes in several reads is refused as soon as it passes both limits and 1 KiB,
+  so that a client cannot make the parser keep more; the
   bodies being received, all together, 32 MiB (else a body that is not alone gets 503).
 - Number: at MAX_CONNECTIONS a new connection takes the place of one that has waited
   longest for its client (for a request head, else for the rest of a body: a normal
@@ -31,11 +33,12 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict, deque
+from itertools import chain
 from typing import Any, ClassVar
 
 import httptools
 import orjson
-from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
@@ -54,6 +57,10 @@ _SWEEP_INTERVAL_S = 0.5
 # the only one is refused (503). Every connection may otherwise hold MAX_BODY_BYTES.
 BODY_BUDGET_BYTES = 32 * 1024 * 1024
 LINGER_S = 2.0
+MIN_WAIT_BEFORE_EVICTION_S = 1.0
+# EdgeProtocol._head_bytes past the head: its body is being received; it is being answered.
+_BODY = -1
+_ANSWERING = -2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,32 +100,35 @@ _HEADERS_TOO_LARGE = (
 
 
 class _Deadlines:
-    """Connections waiting for one thing, oldest first; each has `timeout_s` from its start."""
+    """Connections waiting for one thing, oldest first; each has `timeout_s` from its
+    start. The hot path adds and deletes in `due` itself; a connection notes the queue
+    it is in (`EdgeProtocol.waiting`), so that leaving it costs one deletion."""
 
-    __slots__ = ("_due", "timeout_s")
+    __slots__ = ("due", "timeout_s")
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
-        self._due: OrderedDict[EdgeProtocol, float] = OrderedDict()
+        self.due: OrderedDict[EdgeProtocol, float] = OrderedDict()
 
-    def start(self, connection: EdgeProtocol, now: float) -> None:
-        self._due[connection] = now + self.timeout_s
+    def oldest(self) -> EdgeProtocol | None:
+        return next(iter(self.due), None)
 
-    def stop(self, connection: EdgeProtocol) -> None:
-        self._due.pop(connection, None)
-
-    def oldest(self) -> tuple[EdgeProtocol, float] | None:
-        """The connection waiting longest, and its deadline."""
-        return next(iter(self._due.items()), None)
+    def oldest_since(self, before: float) -> EdgeProtocol | None:
+        """The connection waiting longest, if it started waiting before `before`."""
+        first = next(iter(self.due.items()), None)
+        if first is None or first[1] - self.timeout_s - _SWEEP_INTERVAL_S > before:
+            return None
+        return first[0]
 
     def expired(self, now: float) -> list[EdgeProtocol]:
-        due = self._due
+        due = self.due
         gone = []
         while due:
             connection, deadline = next(iter(due.items()))
             if deadline > now:
                 break
             del due[connection]
+            connection.waiting = None
             gone.append(connection)
         return gone
 
@@ -160,22 +170,24 @@ class EdgeGuard:
         """Close one connection to make room for a new one: one answered already, else
         the one that has waited longest for a request head, else for the rest of a
         body, else an idle keep-alive one (a client served already, most likely a real
-        one, who can connect again). False when every connection is busy with a request."""
-        answered = self.lingering.oldest()
-        if answered is not None:
-            self.lingering.stop(answered[0])
-            answered[0].transport.close()
-            return True
-        for queue in (self.heads, self.bodies, self.idle):
-            oldest = queue.oldest()
-            if oldest is None:
+        one, who can connect again), if it has waited MIN_WAIT_BEFORE_EVICTION_S at
+        least. False when there is none: every connection is busy with a request, or
+        came only just now (a flood of new connections is refused, not let in to push
+        out those that came a moment before it)."""
+        for queue in (self.lingering, self.heads, self.bodies, self.idle):
+            if queue is self.lingering:
+                victim = queue.oldest()
+            else:
+                # Not one that has only just come: its request may be on its way still.
+                victim = queue.oldest_since(self.now - MIN_WAIT_BEFORE_EVICTION_S)
+            if victim is None:
                 continue
-            victim = oldest[0]
-            self.evicted += 1
+            if queue is not self.lingering:
+                self.evicted += 1
             # Closed at once, without an answer or lingering: that would keep its place.
             # Out of its queue now: its connection_lost comes later, and until then it
             # must not be chosen again.
-            queue.stop(victim)
+            victim.leave_queue()
             victim.transport.close()
             return True
         return False
@@ -188,14 +200,27 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._head_bytes = 0  # of the unfinished request head; -1 once the head is whole
-        self._header_bytes = 0
+        # Where the request is: >= 0 bytes of an unfinished head; _BODY, _ANSWERING.
+        self._head_bytes = 0
+        self._read_bytes = 0  # of the read being parsed
         self._body_bytes = 0  # of the body being received, counted in guard.body_bytes
         self._lingering = False  # answered and closing: see answer_and_close
+        self.waiting: OrderedDict[EdgeProtocol, float] | None = None  # a queue's `due`
         # Memory: what uvicorn makes for every connection up front (flow control, the
         # pipeline queue, the request scope) is made here once a request head is whole,
         # so that a connection still waiting for one holds about 3 KB less.
         self.pipeline = None  # type: ignore[assignment]
+
+    def wait_in(self, queue: _Deadlines) -> None:
+        self.waiting = due = queue.due
+        # guard.now may be one sweep old: a sweep more makes sure no timeout is cut short
+        # (each is kept to within one sweep above it instead).
+        due[self] = self.guard.now + queue.timeout_s + _SWEEP_INTERVAL_S
+
+    def leave_queue(self) -> None:
+        if self.waiting is not None:
+            del self.waiting[self]
+            self.waiting = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
@@ -211,23 +236,20 @@ class EdgeProtocol(HttpToolsProtocol):
         self.server = get_local_addr(transport)
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
-        guard.heads.start(self, guard.now)
+        self.wait_in(guard.heads)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:  # refused in connection_made: nothing was set up
             return
-        guard = self.guard
-        guard.heads.stop(self)
-        guard.idle.stop(self)
-        guard.bodies.stop(self)
-        guard.lingering.stop(self)
-        guard.body_bytes -= self._body_bytes
+        self.leave_queue()
+        self.guard.body_bytes -= self._body_bytes
         self._body_bytes = 0
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # answered already: the rest is dropped
+        self._read_bytes = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -240,12 +262,17 @@ class EdgeProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()  # no WebSockets here
         else:
-            if self._head_bytes >= 0:  # the head is still unfinished after this read
-                self._head_bytes += len(data)
-                if self._head_bytes > _MAX_HEAD_BYTES:
+            state = self._head_bytes
+            if state >= 0:  # the head is still unfinished after this read
+                self._head_bytes = state = state + len(data)
+                if state > _MAX_HEAD_BYTES:
                     too_long = len(self.url) > MAX_TARGET_BYTES
                     refusal = _Refused(*(_TARGET_TOO_LONG if too_long else _HEADERS_TOO_LARGE))
                     self.answer_and_close(refusal.answer)
+            elif state == _BODY and self.waiting is None:
+                # A body that did not come whole with its head: it has a deadline from
+                # now. (One that did, the common case, never needs one.)
+                self.wait_in(self.guard.bodies)
 
     def on_message_begin(self) -> None:
         # uvicorn's, less the scope: on_headers_complete makes it.
@@ -253,30 +280,22 @@ class EdgeProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._head_bytes = 0
-        self._header_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_TARGET_BYTES:
-            raise _Refused(*_TARGET_TOO_LONG)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise _Refused(*_HEADERS_TOO_LARGE)
-        # uvicorn's, inlined: this runs for every header of every request.
-        name = name.lower()
-        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; RFC 9110 drops it
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._head_bytes = -1
-        guard = self.guard
-        guard.heads.stop(self)
-        guard.idle.stop(self)
-        guard.bodies.start(self, guard.now)
+        # The exact limits, once per head (in C but for the call). What a head that came
+        # in several reads may hold meanwhile is bounded in data_received.
+        if len(self.url) > MAX_TARGET_BYTES:
+            raise _Refused(*_TARGET_TOO_LONG)
+        # The head came in this read and earlier ones: only when those could hold more
+        # than the limit are its headers counted (a normal head is far smaller).
+        if self._head_bytes + self._read_bytes > MAX_HEADER_BYTES and (
+            sum(map(len, chain.from_iterable(self.headers))) > MAX_HEADER_BYTES
+        ):
+            raise _Refused(*_HEADERS_TOO_LARGE)
+        self._head_bytes = _BODY
+        if self.waiting is not None:  # for this head (a new or a kept-alive connection)
+            del self.waiting[self]
+            self.waiting = None
         if self.flow is None:
             self.flow = FlowControl(self.transport)
             self.pipeline = deque()
@@ -299,14 +318,29 @@ class EdgeProtocol(HttpToolsProtocol):
         guard.body_bytes += len(body)
         if guard.body_bytes > BODY_BUDGET_BYTES and self._body_bytes < guard.body_bytes:
             raise _Refused(*_BODIES_REFUSED)  # stops the parser: no part of it is used
-        super().on_body(body)
+        # uvicorn's, inlined (no WebSocket upgrade can be under way here).
+        cycle = self.cycle
+        if cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
-        guard = self.guard
-        guard.bodies.stop(self)
-        guard.body_bytes -= self._body_bytes
-        self._body_bytes = 0
-        super().on_message_complete()
+        self._head_bytes = _ANSWERING
+        if self.waiting is not None:  # a body that came in several reads
+            del self.waiting[self]
+            self.waiting = None
+        if self._body_bytes:
+            self.guard.body_bytes -= self._body_bytes
+            self._body_bytes = 0
+        # uvicorn's, inlined.
+        cycle = self.cycle
+        if cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         # uvicorn's, with the keep-alive timer replaced by the shared idle deadlines.
@@ -317,8 +351,10 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
-            self.guard.idle.start(self, self.guard.now)
+        elif self.waiting is None:  # wait_in(guard.idle), inlined: once per request
+            guard = self.guard
+            idle = self.waiting = guard.idle.due
+            idle[self] = guard.now + guard.idle.timeout_s + _SWEEP_INTERVAL_S
 
     def pause_writing(self) -> None:
         if self.flow is not None:  # else only an error answer is being written
@@ -347,15 +383,12 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._lingering or self.transport.is_closing():
             return
         self.transport.write(response)
-        guard = self.guard
-        guard.heads.stop(self)
-        guard.idle.stop(self)
-        guard.bodies.stop(self)
+        self.leave_queue()
         self._lingering = True
         self.transport.write_eof()
         self.flow = self.flow or FlowControl(self.transport)
         self.flow.resume_reading()
-        guard.lingering.start(self, guard.now)
+        self.wait_in(self.guard.lingering)
 
 
 def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:

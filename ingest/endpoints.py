@@ -14,8 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
-from common.ratelimit import retry_after
-from ingest.admission import RateLimited, RegistryNotLoaded
+from ingest.admission import RateLimited, RegistryNotLoaded, address_key
 from ingest.asgi import (
     RETRY_AFTER,
     ClientGone,
@@ -96,7 +95,9 @@ class _IngestEndpoint:
                 raise Overloaded
             peer = scope["client"][0] if scope.get("client") else ""
             ip = self._clients.client_ip(peer, headers.get(b"x-forwarded-for"))
-            intake.admission.check_address(ip)
+            addresses = intake.admission.addresses
+            if addresses is not None and addresses.over(ip if ":" not in ip else address_key(ip)):
+                raise RateLimited("address")
             body = b""
             if self.reads_body:
                 check_body_headers(headers, self._max_body_bytes)
@@ -126,8 +127,7 @@ class _IngestEndpoint:
         except RateLimited as exc:
             status = 429
             answer = error_body("rate_limited", _LIMITED[exc.field], [_LIMITED_DETAIL[exc.field]])
-            wait = [(b"retry-after", retry_after(exc.seconds))]
-            extra_headers = [*cors, *wait] if cors else wait
+            extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER  # the next second
         except Overloaded:
             status, answer = 503, OVERLOADED
             extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER

@@ -46,6 +46,18 @@ class Intake:
         if is_bot(user_agent):
             self.writer.count_ignored([event["site_id"] for event in events], "bot")
             return None
+        if self.admission.checks_events and self._admit(events, origin) is None:
+            return None
+        try:
+            return self._append(events, ip, user_agent)
+        except SaltNotLoaded:  # once per process and day
+            return self._append_after_loading_salts(events, ip, user_agent)
+
+    def _admit(
+        self, events: list[dict[str, Any]], origin: bytes | None
+    ) -> list[dict[str, Any]] | None:
+        """Take the events the registry does not admit out of `events` (counted as
+        ignored); None if none is left. RateLimited if a site is over its limit."""
         ignored = self.admission.sort(events, origin)
         if ignored:
             dropped: set[int] = set()
@@ -56,10 +68,7 @@ class Intake:
             if not events:
                 return None
         self.admission.check_sites(events)
-        try:
-            return self._append(events, ip, user_agent)
-        except SaltNotLoaded:  # once per process and day
-            return self._append_after_loading_salts(events, ip, user_agent)
+        return events
 
     async def _append_after_loading_salts(
         self, events: list[dict[str, Any]], ip: str, user_agent: str

