@@ -124,9 +124,9 @@ class Settings:
     # its client makes room, or a new one is answered 503 (see ingest/edge.py). One holds
     # 3 to 8.5 KB: 4,096 of them, 35 MB at most.
     max_connections: int = 4_096
-    # Ingest requests a second per client address (bursts as large); 0: no limit.
+    # Ingest requests per client address in each whole second; 0: no limit.
     address_rate_limit: int = 1_000
-    # Events a second per site (bursts as large); 0: no limit.
+    # Events per site in each whole second; 0: no limit.
     site_rate_limit: int = 0
     # Reporting requests a minute per API key (bursts as large); 0: no limit.
     key_rate_limit: int = 600
