@@ -78,7 +78,7 @@ loadtest: $(LOADTEST_STAMP)
 
 ## bench: every measurement with its same-run reference; table, benchmarks/results/latest.{json,png}
 bench: $(STAMP) preflight
-	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk (or brew install wrk)"; exit 1; }
+	@command -v wrk >/dev/null || scripts/install-wrk.sh
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 

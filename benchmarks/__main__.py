@@ -40,6 +40,7 @@ ALL_STEPS = (
     "freshness",
     "reporting",
     "slow_clients",
+    "slow_clients_spread",
 )
 
 
@@ -105,6 +106,8 @@ def main() -> int:
                     results[step] = steps.reporting(ctx)
                 elif step == "slow_clients":
                     results[step] = steps.slow_clients(ctx)
+                elif step == "slow_clients_spread":
+                    results[step] = steps.slow_clients(ctx, spread=True)
                 else:
                     raise SystemExit(f"unknown step {step!r}; steps: {', '.join(ALL_STEPS)}")
         finally:

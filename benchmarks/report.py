@@ -90,12 +90,21 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{report['ratio']:.2f}",
             )
         )
-    slow = results.get("slow_clients")
-    if slow:
+    for label, slow in (
+        (
+            "6. {:,} slow and idle connections (slowloris) from one address",
+            results.get("slow_clients"),
+        ),
+        (
+            "6b. the same from many addresses (per-address limit lifted)",
+            results.get("slow_clients_spread"),
+        ),
+    ):
+        if not slow:
+            continue
         table.append(
             (
-                f"6. {slow['attacker_connections']:,} slow and idle connections (slowloris), "
-                "normal client at 50 req/s",
+                label.format(slow["attacker_connections"]) + ", normal client at 50 req/s",
                 f"p99 {slow['p99_ms']:.1f} ms, {slow['normal_failures']} failed of "
                 f"{slow['normal_requests']:,}; server {slow['server_peak_rss_mb']:.0f} MB, "
                 f"{slow['server_peak_open_files']:,} files at most; "

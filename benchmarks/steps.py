@@ -284,10 +284,13 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
         pinned([sys.executable, "-m", "processor"], ctx.service_cpu), ctx.env(), processor_log
     )
     samples: list[float] = []
+    failures: list[BaseException] = []
     try:
         with server:
             stop = threading.Event()
-            probe = threading.Thread(target=_probe, args=(port, stop, samples), daemon=True)
+            probe = threading.Thread(
+                target=_probe, args=(port, stop, samples, failures), daemon=True
+            )
             probe.start()
             load = wrk.run(
                 f"http://127.0.0.1:{port}/event",
@@ -301,8 +304,8 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
             processor.check_running()  # a processor that died would leave its peak unknown
     finally:
         processor.stop()
-    if len(samples) < 20:
-        raise AssertionError(f"only {len(samples)} freshness samples")
+    if failures or len(samples) < 20:
+        raise AssertionError(f"only {len(samples)} freshness samples") from (failures or [None])[0]
     ordered = sorted(samples)
     return {
         "target_events_per_s": rate,
@@ -314,8 +317,17 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
     }
 
 
-def _probe(port: int, stop: threading.Event, samples: list[float]) -> None:
+def _probe(
+    port: int, stop: threading.Event, samples: list[float], failures: list[BaseException]
+) -> None:
     """Send one marked page view at a time; time until GET /stats counts it."""
+    try:
+        _probe_until(port, stop, samples)
+    except BaseException as failure:  # a thread's exception would otherwise only be printed
+        failures.append(failure)
+
+
+def _probe_until(port: int, stop: threading.Event, samples: list[float]) -> None:
     site = f"freshness-{uuid.uuid4().hex[:8]}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     sent = 0
@@ -388,10 +400,15 @@ async def _seed_report_day(conn: asyncpg.Connection, site: str, day: date) -> No
     await conn.execute("ANALYZE daily_site_path_counts")
 
 
-def slow_clients(ctx: BenchContext) -> dict[str, Any]:
+def slow_clients(ctx: BenchContext, *, spread: bool = False) -> dict[str, Any]:
     """20,000 slow and idle connections against one ingest process with its default
-    limits (the other steps lift the per-address limit: wrk sends from one address)."""
-    env = ctx.env(address_rate_limit=Settings().address_rate_limit)
+    limits (the other steps lift the per-address rate limit: wrk sends from one address).
+    They all come from one address; `spread`: as if from many (a distributed attack), the
+    per-address connection limit lifted, so that MAX_CONNECTIONS alone holds them."""
+    env = ctx.env(
+        address_rate_limit=Settings().address_rate_limit,
+        max_connections_per_address=0 if spread else Settings().max_connections_per_address,
+    )
     return slow_clients_module.run_private(
         env, connections=20_000, seconds=30, service_cpu=ctx.service_cpu, load_cpu=ctx.load_cpu
     )

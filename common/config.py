@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "keep_alive_ms": (100, 600_000, "ms"),
     "body_timeout_ms": (100, 600_000, "ms"),
     "max_connections": (16, 1_000_000, "connections"),
+    "max_connections_per_address": (0, 1_000_000, "connections"),
     "registry_refresh_ms": (100, 60_000, "ms"),
     "address_rate_limit": (0, 1_000_000_000, "requests/s"),
     "site_rate_limit": (0, 1_000_000_000, "events/s"),
@@ -124,6 +125,9 @@ class Settings:
     # its client makes room, or a new one is answered 503 (see ingest/edge.py). One holds
     # 3 to 8.5 KB: 4,096 of them, 35 MB at most.
     max_connections: int = 4_096
+    # Open connections from one client address (IPv6: one /64), as nginx's limit_conn
+    # bounds them; 0: no limit. Trusted proxies are not limited.
+    max_connections_per_address: int = 256
     # Ingest requests per client address in each whole second; 0: no limit.
     address_rate_limit: int = 1_000
     # Events per site in each whole second; 0: no limit.

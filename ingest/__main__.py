@@ -63,6 +63,8 @@ def main() -> int:
         keep_alive_s=settings.keep_alive_ms / 1000,
         body_timeout_s=settings.body_timeout_ms / 1000,
         max_connections=connection_cap(settings.max_connections),
+        max_connections_per_address=settings.max_connections_per_address,
+        trusted_proxies=settings.trusted_proxies,
     )
     config = uvicorn.Config(
         create_app(settings),

@@ -21,7 +21,7 @@ class ClientResolver:
     def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
         """`peer`: the address the connection came from; `forwarded_for`: the request's
         X-Forwarded-For header, if any."""
-        if self._trusted and forwarded_for and self._is_trusted(peer):
+        if self._trusted and forwarded_for and self.is_trusted(peer):
             return self._client_from_chain(forwarded_for.decode("latin-1"), peer)
         return peer
 
@@ -48,7 +48,9 @@ class ClientResolver:
             peer = address
         return peer
 
-    def _is_trusted(self, address: str) -> bool:
+    def is_trusted(self, address: str) -> bool:
+        if not self._trusted:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -10,7 +10,9 @@ bounds nginx puts on its clients.
   that comes in several reads is refused as soon as it passes both limits and 1 KiB,
   so that a client cannot make the parser keep more; the
   bodies being received, all together, 32 MiB (else a body that is not alone gets 503).
-- Number: at MAX_CONNECTIONS a new connection takes the place of one that has waited
+- Number: a client address may hold MAX_CONNECTIONS_PER_ADDRESS connections (as nginx's
+  limit_conn: one attacker cannot take every place; beyond it a new one is answered 503
+  and closed); at MAX_CONNECTIONS a new connection takes the place of one that has waited
   longest for its client (for a request head, else for the rest of a body: a normal
   client sends both at once; else an idle keep-alive one); when every connection is busy
   with a request being answered, the new one is answered 503 and closed.
@@ -43,6 +45,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from common.errors import error_body
+from ingest.admission import address_key
+from ingest.client import ClientResolver
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,12 @@ class EdgeLimits:
     keep_alive_s: float
     body_timeout_s: float
     max_connections: int
+    max_connections_per_address: int = 0  # 0: no limit
+    trusted_proxies: str = ""  # not limited per address
+
+
+class _AddressFull(Exception):
+    """The client's address holds as many connections as it may."""
 
 
 class _Refused(Exception):
@@ -150,6 +160,32 @@ class EdgeGuard:
         self.closed_slow = 0
         self.evicted = 0
         self.refused_busy = 0
+        self.refused_per_address = 0
+        # Open connections by client address (address_key), of addresses that have any.
+        self.per_address: dict[str, int] = {}
+        self._proxies = ClientResolver(limits.trusted_proxies)
+
+    def admit_address(self, host: str) -> str | None:
+        """The key that counts this connection against its address's limit (the caller
+        gives it back with `release_address`); None when it is not counted. Raises
+        _AddressFull at the limit."""
+        limit = self.limits.max_connections_per_address
+        if not limit or self._proxies.is_trusted(host):
+            return None
+        key = address_key(host)
+        held = self.per_address.get(key, 0)
+        if held >= limit:
+            self.refused_per_address += 1
+            raise _AddressFull
+        self.per_address[key] = held + 1
+        return key
+
+    def release_address(self, key: str) -> None:
+        held = self.per_address[key] - 1
+        if held:
+            self.per_address[key] = held
+        else:
+            del self.per_address[key]
 
     def start_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is None:
@@ -205,6 +241,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._read_bytes = 0  # of the read being parsed
         self._body_bytes = 0  # of the body being received, counted in guard.body_bytes
         self._lingering = False  # answered and closing: see answer_and_close
+        self._address_key: str | None = None  # counted in guard.per_address under it
         self.waiting: OrderedDict[EdgeProtocol, float] | None = None  # a queue's `due`
         # Memory: what uvicorn makes for every connection up front (flow control, the
         # pipeline queue, the request scope) is made here once a request head is whole,
@@ -225,8 +262,22 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
         guard.start_sweeping(self.loop)
-        if len(self.connections) >= guard.limits.max_connections and not guard.make_room():
-            guard.refused_busy += 1
+        client = get_remote_addr(transport)
+        try:
+            if client is not None:  # a Unix socket's peer has no address
+                self._address_key = guard.admit_address(client[0])
+        except _AddressFull:
+            refused = True
+        else:
+            refused = len(self.connections) >= guard.limits.max_connections and not (
+                guard.make_room()
+            )
+            if refused:
+                guard.refused_busy += 1
+                if self._address_key is not None:
+                    guard.release_address(self._address_key)
+                    self._address_key = None
+        if refused:
             transport.write(_BUSY)
             transport.close()
             return
@@ -234,7 +285,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self.connections.add(self)
         self.transport = transport
         self.server = get_local_addr(transport)
-        self.client = get_remote_addr(transport)
+        self.client = client
         self.scheme = "https" if is_ssl(transport) else "http"
         self.wait_in(guard.heads)
 
@@ -242,6 +293,9 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport is None:  # refused in connection_made: nothing was set up
             return
         self.leave_queue()
+        if self._address_key is not None:
+            self.guard.release_address(self._address_key)
+            self._address_key = None
         self.guard.body_bytes -= self._body_bytes
         self._body_bytes = 0
         super().connection_lost(exc)
