@@ -17,15 +17,52 @@ PATH_WEIGHTS = [1 / (rank + 1) for rank in range(len(PATHS))]  # Zipf-like popul
 _CUMULATIVE = list(itertools.accumulate(PATH_WEIGHTS))
 
 
+# Where visits come from: search engines, social sites, a campaign's links, other pages of
+# the same site, nothing at all.
+REFERRERS = [
+    "https://www.google.com/",
+    "https://www.google.de/",
+    "https://www.bing.com/search?q=analytics",
+    "https://duckduckgo.com/",
+    "https://l.facebook.com/l.php?u=x",
+    "https://t.co/abc123",
+    "https://news.ycombinator.com/item?id=1",
+    "https://www.reddit.com/r/selfhosted/comments/x/",
+    "https://blog.example.net/2026/11/a-post",
+    None,
+    None,
+    None,
+]
+CAMPAIGNS = ["", "?utm_source=newsletter&utm_medium=email&utm_campaign=winter", "?gclid=Cj0K"]
+# Browsers' User-Agents, as the edge passes them on (see ingest/intake.py).
+USER_AGENTS = [
+    f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    f"Chrome/{version}.0.0.0 Safari/537.36"
+    for version in range(110, 131)
+] + [
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_{minor} like Mac OS X) AppleWebKit/605.1.15 "
+    f"(KHTML, like Gecko) Version/17.{minor} Mobile/15E148 Safari/604.1"
+    for minor in range(7)
+]
+COUNTRIES = ["US", "DE", "GB", "FR", "IN", "BR", "JP", None]
+
+
 def request_body(rng: random.Random) -> dict[str, object]:
-    """One event as a client sends it: mostly page views, two recent days."""
+    """One event as a page's tracker sends it: mostly page views, two recent days, the
+    page's URL (sometimes with campaign tags), its referrer and the screen's width."""
     moment = datetime.now(UTC) - timedelta(seconds=rng.randrange(2 * 86_400))
+    site = rng.choice(SITES)
+    path = rng.choices(PATHS, cum_weights=_CUMULATIVE)[0]
     body: dict[str, object] = {
-        "site_id": rng.choice(SITES),
+        "site_id": site,
         "event_type": "page_view" if rng.random() < 0.9 else rng.choice(["click", "signup"]),
-        "path": rng.choices(PATHS, cum_weights=_CUMULATIVE)[0],
+        "url": f"https://{site}{path}{rng.choice(CAMPAIGNS) if rng.random() < 0.2 else ''}",
+        "screen_width": rng.choice([390, 820, 1440, 1920]),
         "timestamp": moment.isoformat(),
     }
+    referrer = rng.choice(REFERRERS)
+    if referrer is not None:
+        body["referrer"] = referrer
     if rng.random() < 0.8:
         body["user_id"] = f"user-{rng.randrange(50_000)}"
     return body
@@ -39,6 +76,10 @@ def stream_payloads(count: int, seed: int = 1) -> tuple[list[bytes], int]:
     views = 0
     for _ in range(count):
         event = validate_event(request_body(rng), received_at)
+        event["ua"] = rng.choice(USER_AGENTS)  # what the edge adds
+        country = rng.choice(COUNTRIES)
+        if country is not None:
+            event["country"] = country
         views += event["event_type"] == "page_view"
         payloads.append(orjson.dumps(event))
     return payloads, views

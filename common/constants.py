@@ -43,9 +43,17 @@ MICROS_PER_DAY = 86_400_000_000
 # Longest accepted values, in bytes of UTF-8 (an ASCII character takes one, others two to
 # four), checked by common.text.text_fault at the edge and again by the processor.
 MAX_SITE_ID = 128
-MAX_EVENT_TYPE = 64
+# Event names: Plausible allows 120 characters (of up to 4 bytes each).
+MAX_EVENT_TYPE = 480
 MAX_PATH = 2048
 MAX_USER_ID = 256
+# The page URL and referrer an event may carry (Plausible's limit for a URL), and its
+# custom properties (Plausible's limits: 30 of them, keys 300 bytes, values 2,000).
+MAX_URL = 2000
+MAX_PROPS = 30
+MAX_PROP_KEY = 300
+MAX_PROP_VALUE = 2000
+MAX_SCREEN_WIDTH = 100_000
 
 # Why these limits: PostgreSQL refuses a B-tree index entry of more than 2,704 bytes (8 KiB
 # pages: "index row size ... exceeds btree version 4 maximum 2704"), and an event refused

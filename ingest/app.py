@@ -23,10 +23,12 @@ from common.errors import error_body
 from ingest.admission import Admission
 from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
+from ingest.compat import PlausibleEventEndpoint, UmamiSendEndpoint
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.intake import Intake
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
+from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
 from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
@@ -151,6 +153,10 @@ def create_app(settings: Settings) -> IngestRouter:
         "/event": (EventEndpoint(settings), posts),
         "/events": (BatchEndpoint(settings), posts),
         "/event.gif": (PixelEndpoint(settings), frozenset({"GET", "OPTIONS"})),
+        # The trackers of others, unchanged (ingest/compat.py).
+        "/api/event": (PlausibleEventEndpoint(settings), posts),
+        "/api/send": (UmamiSendEndpoint(settings), posts),
+        "/script.js": (TrackerScript(), frozenset({"GET", "HEAD"})),
     }
     reporting = Starlette(
         routes=[

@@ -65,7 +65,7 @@ PIXEL_HEADERS = [
 Handled = tuple[int, Any, list[dict[str, Any]]]  # status, answer, events to submit first
 
 
-class _IngestEndpoint:
+class IngestEndpoint:
     """An ASGI app: Starlette's Route hands it the request without wrapping it."""
 
     reads_body = True
@@ -115,10 +115,10 @@ class _IngestEndpoint:
                 submitted = len(events)
                 written = intake.submit(events, ip, user_agent, origin)
                 if written is None:
-                    answer = IGNORED
+                    answer = self.all_ignored(answer, submitted)
                 else:
                     if len(events) < submitted:
-                        answer = self.with_ignored(answer, events)
+                        answer = self.with_ignored(answer, events, submitted)
                     await written
         except RequestError as exc:
             status, answer = exc.status, exc.body
@@ -144,7 +144,11 @@ class _IngestEndpoint:
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": content})
 
-    def with_ignored(self, answer: Any, kept: list[dict[str, Any]]) -> Any:
+    def all_ignored(self, answer: Any, submitted: int) -> Any:
+        """The answer once all the request's events were ignored (a bot's, say)."""
+        return IGNORED
+
+    def with_ignored(self, answer: Any, kept: list[dict[str, Any]], submitted: int) -> Any:
         """The answer once some of the request's events were ignored (a batch's)."""
         return answer
 
@@ -166,7 +170,7 @@ class _IngestEndpoint:
         await send({"type": "http.response.body", "body": b""})
 
 
-class EventEndpoint(_IngestEndpoint):
+class EventEndpoint(IngestEndpoint):
     """POST /event: one JSON event."""
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
@@ -178,7 +182,7 @@ class EventEndpoint(_IngestEndpoint):
         return 202, b'{"status":"accepted","event_id":"%s"}' % event["event_id"].encode(), [event]
 
 
-class BatchEndpoint(_IngestEndpoint):
+class BatchEndpoint(IngestEndpoint):
     """POST /events: valid events are accepted, invalid ones reported by index."""
 
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
@@ -197,7 +201,7 @@ class BatchEndpoint(_IngestEndpoint):
         }
         return 202, answer, batch.events
 
-    def with_ignored(self, answer: Any, kept: list[dict[str, Any]]) -> Any:
+    def with_ignored(self, answer: Any, kept: list[dict[str, Any]], submitted: int) -> Any:
         """Ignored events are neither accepted nor rejected: counted apart, ids left out."""
         kept_ids = {event["event_id"] for event in kept}
         ignored = [event_id for event_id in answer["event_ids"] if event_id not in kept_ids]
@@ -209,7 +213,7 @@ class BatchEndpoint(_IngestEndpoint):
         }
 
 
-class PixelEndpoint(_IngestEndpoint):
+class PixelEndpoint(IngestEndpoint):
     """GET /event.gif?site_id=…&event_type=…: for pages without JavaScript."""
 
     reads_body = False

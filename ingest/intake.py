@@ -4,7 +4,9 @@
    so are events the registry does not admit (SITES_MODE=registered, ingest/admission.py);
    a site over its rate limit fails the request (429);
 2. visitors: an event without a user_id gets the salted visitor hash of its day;
-3. client info: the IP address and User-Agent are kept only where configured;
+3. client info: the User-Agent goes on (the processor derives browser, OS and device
+   from it), as "user_agent" to be stored where STORE_CLIENT_INFO is on, else as "ua";
+   the IP address goes on only where it is on;
 4. the events are appended to the stream; the request is answered once Redis has them.
 """
 
@@ -91,4 +93,7 @@ class Intake:
             for event in events:
                 event["client_ip"] = ip or None
                 event["user_agent"] = user_agent or None
+        elif user_agent:
+            for event in events:
+                event["ua"] = user_agent
         return self.writer.append(list(map(orjson.dumps, events)))

@@ -1,13 +1,19 @@
 """Request bodies to validated events: pure code, no I/O.
 
 A valid event is a dict of event_id, site_id, event_type, path, user_id, timestamp and
-received_at; times are integers of microseconds since the Unix epoch (UTC). With what the edge adds (see ingest/intake.py) it is what
-the stream carries and what the processor turns into a row.
+received_at, and of what a page's tracker adds where it is given: url, referrer,
+screen_width, props and interactive (only when false). Times are integers of microseconds
+since the Unix epoch (UTC). With what the edge adds (see ingest/intake.py) it is what the
+stream carries and what the processor turns into a row (deriving hostname, path, source,
+campaign and client from url, referrer and User-Agent: processor/enrich.py).
+
+An event with a url and no path leaves path out: the processor takes it from the url.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -18,7 +24,12 @@ from common.constants import (
     MAX_EVENT_TYPE,
     MAX_MICROS,
     MAX_PATH,
+    MAX_PROP_KEY,
+    MAX_PROP_VALUE,
+    MAX_PROPS,
+    MAX_SCREEN_WIDTH,
     MAX_SITE_ID,
+    MAX_URL,
     MAX_USER_ID,
     MIN_MICROS,
 )
@@ -26,6 +37,10 @@ from common.text import text_fault
 from ingest.ids import uuid7
 
 DEFAULT_PATH = "/"
+
+# A URL with a scheme (http, https, android-app, ...): data: and javascript: hold no page.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_NO_PAGE_SCHEMES = ("data:", "javascript:")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -127,22 +142,95 @@ def validate_event(
     errors: list[FieldError] = []
     site_id = _text(data, "site_id", MAX_SITE_ID, errors, required=True)
     event_type = _text(data, "event_type", MAX_EVENT_TYPE, errors, required=True)
-    path = _text(data, "path", MAX_PATH, errors) or DEFAULT_PATH
+    path = _text(data, "path", MAX_PATH, errors)
     user_id = _text(data, "user_id", MAX_USER_ID, errors)
     timestamp = _timestamp(data.get("timestamp"), received_at, window, errors)
     event_id = data.get("event_id")
     event_id = uuid7(received_at) if event_id is None else _event_id(event_id, errors)
-    if errors:
-        raise InvalidEvent(errors)
-    return {
+    event: dict[str, Any] = {
         "event_id": event_id,
         "site_id": site_id,
         "event_type": event_type,
-        "path": path,
+        "path": path or DEFAULT_PATH,
         "user_id": user_id,
         "timestamp": timestamp,
         "received_at": received_at,
     }
+    if data.get("url") is not None:
+        event["url"] = _url(data, errors)
+        if path is None:
+            del event["path"]  # the processor takes it from the url
+    if data.get("referrer") is not None:
+        event["referrer"] = _text(data, "referrer", MAX_URL, errors)
+    screen_width = data.get("screen_width")
+    if screen_width is not None:
+        event["screen_width"] = _screen_width(screen_width, errors)
+    props = data.get("props")
+    if props is not None:
+        event["props"] = _props(props, errors)
+    interactive = data.get("interactive")
+    if interactive is not None and interactive is not True:
+        if interactive is not False:
+            errors.append(FieldError("interactive", "must be true or false"))
+        event["interactive"] = False
+    if errors:
+        raise InvalidEvent(errors)
+    return event
+
+
+def _url(data: dict[str, Any], errors: list[FieldError]) -> str | None:
+    url = _text(data, "url", MAX_URL, errors)
+    if url is None or url.startswith(("https://", "http://", "/")):
+        return url
+    if _SCHEME.match(url) is None:
+        errors.append(FieldError("url", "must be an absolute URL or a path starting with /"))
+    elif url[:11].lower().startswith(_NO_PAGE_SCHEMES):
+        errors.append(FieldError("url", "scheme is not allowed"))
+    return url
+
+
+def _screen_width(value: object, errors: list[FieldError]) -> int | None:
+    if type(value) is int and 0 < value <= MAX_SCREEN_WIDTH:  # bool is not an int here
+        return value
+    errors.append(FieldError("screen_width", f"must be an integer from 1 to {MAX_SCREEN_WIDTH}"))
+    return None
+
+
+def _props(value: object, errors: list[FieldError]) -> dict[str, str] | None:
+    """Custom properties: text keys, values text, numbers or booleans (kept as text)."""
+    if not isinstance(value, dict):
+        errors.append(FieldError("props", "must be a JSON object"))
+        return None
+    if len(value) > MAX_PROPS:
+        errors.append(FieldError("props", f"at most {MAX_PROPS} properties"))
+        return None
+    props: dict[str, str] = {}
+    for key, raw in value.items():
+        if isinstance(raw, bool):
+            text = "true" if raw else "false"
+        elif isinstance(raw, str):
+            text = raw
+        elif isinstance(raw, int | float):
+            text = orjson.dumps(raw).decode()
+        else:
+            errors.append(FieldError("props", f"{key[:50]!r}: must be text, a number or a boolean"))
+            return None
+        fault = (
+            "must not be empty"
+            if not key
+            else text_fault(key, MAX_PROP_KEY) or text_fault(text, MAX_PROP_VALUE)
+        )
+        if fault is not None:
+            errors.append(
+                FieldError(
+                    "props",
+                    f"{key[:50]!r}: {fault} (keys at most {MAX_PROP_KEY} bytes, "
+                    f"values at most {MAX_PROP_VALUE})",
+                )
+            )
+            return None
+        props[key] = text
+    return props
 
 
 def _text(

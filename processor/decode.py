@@ -23,38 +23,42 @@ from common.constants import (
     MAX_EVENT_TYPE,
     MAX_MICROS,
     MAX_PATH,
+    MAX_PROP_KEY,
+    MAX_PROP_VALUE,
+    MAX_PROPS,
+    MAX_SCREEN_WIDTH,
     MAX_SITE_ID,
+    MAX_URL,
     MAX_USER_ID,
     MIN_MICROS,
 )
 from common.text import text_fault
+from processor.enrich import Origin, client_of, page_and_origin
+from processor.useragents import Client
 
 # Column order of the staging table and of each row tuple.
 COLUMNS = (
-    "event_id",
-    "site_id",
-    "event_type",
-    "path",
-    "user_id",
-    "timestamp",
-    "received_at",
-    "visitor_id",
-    "client_ip",
-    "user_agent",
+    "event_id",  # str
+    "site_id",  # str
+    "event_type",  # str
+    "path",  # str
+    "user_id",  # str | None
+    "timestamp",  # int, microseconds since the Unix epoch
+    "received_at",  # int, likewise
+    "visitor_id",  # str | None
+    "client_ip",  # IPv4Address | IPv6Address | None
+    "user_agent",  # str | None
+    # What the url and referrer say (processor/enrich.py Origin), all str | None:
+    *Origin._fields,
+    "screen_width",  # int | None
+    # What the User-Agent says (processor/useragents.py Client), all str | None:
+    *Client._fields,
+    "country",  # str | None, ISO 3166-1 alpha-2, from the edge
+    "props",  # str | None, a JSON object of text keys and values
+    "interactive",  # bool
 )
 
-Row = tuple[
-    str,  # event_id
-    str,
-    str,
-    str,
-    str | None,
-    int,  # timestamp, microseconds since the Unix epoch
-    int,  # received_at, likewise
-    str | None,  # visitor_id
-    IPv4Address | IPv6Address | None,
-    str | None,
-]
+Row = tuple[Any, ...]  # in COLUMNS order
 # A stream entry as redis-py returns it; an entry deleted while pending has no fields.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -101,18 +105,61 @@ def decode_event(fields: dict[bytes, bytes]) -> Row:
         raise UndecodableEntry("not a JSON object")
     visitor_id = event.get("visitor_id")
     client_ip = event.get("client_ip")
+    url = _optional_text(event, "url", MAX_URL)
+    page, origin = page_and_origin(url, _optional_text(event, "referrer", MAX_URL))
+    # The page's own path unless the event names one (a hash-routed page, an old edge's).
+    path = _text(event, "path", MAX_PATH) if url is None or "path" in event else page.path
+    user_agent = _optional_text(event, "user_agent", None)  # in no index: no limit of ours
+    screen_width = _screen_width(event.get("screen_width"))
+    props = event.get("props")
     return (
         _uuid(event.get("event_id"), "event_id"),
         _text(event, "site_id", MAX_SITE_ID),
         _text(event, "event_type", MAX_EVENT_TYPE),
-        _text(event, "path", MAX_PATH),
+        path,
         _optional_text(event, "user_id", MAX_USER_ID),
         _time(event, "timestamp"),
         _time(event, "received_at"),
         None if visitor_id is None else _uuid(visitor_id, "visitor_id"),
         None if client_ip is None else _ip(client_ip),
-        _optional_text(event, "user_agent", None),  # in no index: no limit of ours
+        user_agent,
+        *origin,
+        screen_width,
+        # The edge sends the User-Agent as "ua" where it is not to be stored.
+        *client_of(user_agent or _optional_text(event, "ua", None), screen_width),
+        _country(event.get("country")),
+        None if props is None else _props(props),
+        event.get("interactive") is not False,
     )
+
+
+def _screen_width(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 < value <= MAX_SCREEN_WIDTH:
+        raise UndecodableEntry(f"screen_width: not an integer from 1 to {MAX_SCREEN_WIDTH}")
+    return value
+
+
+def _country(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 2 or not value.isascii() or not value.isupper():
+        raise UndecodableEntry("country: not an ISO 3166-1 alpha-2 code")
+    return value
+
+
+def _props(value: Any) -> str:
+    """The properties as the JSON text of their column (jsonb takes text)."""
+    if not isinstance(value, dict) or len(value) > MAX_PROPS:
+        raise UndecodableEntry(f"props: not an object of at most {MAX_PROPS} entries")
+    for key, text in value.items():
+        if not isinstance(text, str) or not key:
+            raise UndecodableEntry("props: keys and values must be text")
+        fault = text_fault(key, MAX_PROP_KEY) or text_fault(text, MAX_PROP_VALUE)
+        if fault is not None:
+            raise UndecodableEntry(f"props: {fault}")
+    return orjson.dumps(value).decode()
 
 
 def _uuid(value: Any, key: str) -> str:

@@ -16,12 +16,19 @@ import asyncpg
 
 from common.constants import MICROS_PER_DAY, PAGE_VIEW, STAGING_TABLE
 from processor.decode import COLUMNS, Row
+from processor.enrich import Origin
+from processor.useragents import Client
 
 logger = logging.getLogger(__name__)
 
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # PostgreSQL counts time in microseconds since 2000-01-01 UTC, the stream since 1970-01-01.
 _PG_EPOCH_MICROS = 946_684_800_000_000
+
+# The text columns derived from url, referrer and User-Agent (sql/007).
+_DIMENSION_COLUMNS = ",\n    ".join(
+    f'{column} text COLLATE "C"' for column in (*Origin._fields, *Client._fields)
+)
 
 # ON COMMIT DELETE ROWS empties it after every batch; being temporary, it writes no WAL.
 CREATE_STAGING = f"""
@@ -35,7 +42,12 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
     received_at timestamptz NOT NULL,
     visitor_id  uuid,
     client_ip   inet,
-    user_agent  text
+    user_agent  text,
+    {_DIMENSION_COLUMNS},
+    screen_width integer,
+    country     text COLLATE "C",
+    props       jsonb,
+    interactive boolean NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 

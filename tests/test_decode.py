@@ -11,7 +11,7 @@ import pytest
 
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
-from processor.decode import decode_entries
+from processor.decode import COLUMNS, decode_entries
 
 RECEIVED = 1_700_000_000_000_000
 
@@ -33,21 +33,73 @@ def test_an_ingested_event_becomes_its_row() -> None:
     assert batch.rejected == {}
     assert batch.row_ids == [b"1-0"]
     # UUIDs as their text, times as integers of microseconds since the Unix epoch.
-    assert batch.rows == [
-        (
-            event["event_id"],
-            "s",
-            "page_view",
-            "/p",
-            "u",
-            int(datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()) * 1_000_000 + 500_000,
-            RECEIVED,
-            None,
-            None,
-            None,
-        )
-    ]
+    [row] = batch.rows
+    assert row[:10] == (
+        event["event_id"],
+        "s",
+        "page_view",
+        "/p",
+        "u",
+        int(datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()) * 1_000_000 + 500_000,
+        RECEIVED,
+        None,
+        None,
+        None,
+    )
+    # Nothing to derive: every dimension unknown, the event an interaction.
+    columns = dict(zip(COLUMNS, row, strict=True))
+    assert {value for name, value in columns.items() if name in DERIVED} == {None}
+    assert columns["interactive"] is True
     assert uuid.UUID(batch.rows[0][0]).version == 7
+
+
+DERIVED = set(COLUMNS[10:-1])
+
+
+def test_a_trackers_event_becomes_its_row_with_what_it_says() -> None:
+    event = valid_event(
+        path=None,
+        url="https://www.shop.example/pricing%20plans?utm_source=newsletter&utm_medium=email"
+        "&utm_campaign=spring&gclid=abc",
+        referrer="https://mail.example.org/inbox?id=1",
+        screen_width=390,
+        props={"plan": "pro"},
+        interactive=False,
+    ) | {
+        "ua": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        "country": "DE",
+    }
+    [row] = decode_entries([entry(b"1-0", event)]).rows
+    columns = dict(zip(COLUMNS, row, strict=True))
+    assert columns["path"] == "/pricing plans"
+    assert columns["user_agent"] is None  # sent as "ua": not to be stored
+    assert {name: columns[name] for name in DERIVED} == {
+        "hostname": "shop.example",
+        "referrer": "mail.example.org/inbox",
+        "source": "newsletter",  # the tag wins over the referrer
+        "utm_source": "newsletter",
+        "utm_medium": "email",
+        "utm_campaign": "spring",
+        "utm_content": None,
+        "utm_term": None,
+        "click_id": "gclid",
+        "screen_width": 390,
+        "browser": "Safari",
+        "browser_version": "17.1",
+        "os": "iOS",
+        "os_version": "17.1",
+        "device": "Mobile",
+        "country": "DE",
+        "props": '{"plan":"pro"}',
+    }
+    assert columns["interactive"] is False
+
+
+def test_an_explicit_path_wins_over_the_urls() -> None:
+    event = valid_event(url="https://x.example/app", path="/app#/settings")
+    [row] = decode_entries([entry(b"1-0", event)]).rows
+    assert dict(zip(COLUMNS, row, strict=True))["path"] == "/app#/settings"
 
 
 def test_edge_enrichment_is_decoded() -> None:
@@ -58,7 +110,7 @@ def test_edge_enrichment_is_decoded() -> None:
     }
     [row] = decode_entries([entry(b"1-0", event)]).rows
     assert row[4] is None
-    assert row[7:] == (
+    assert row[7:10] == (
         "3b241101-e2bb-4255-8caf-4136c566a962",
         ipaddress.ip_address("2001:db8::1"),
         "Mozilla/5.0",
@@ -97,6 +149,18 @@ def test_a_deleted_entry_is_acknowledged_without_a_row() -> None:
         {EVENT_FIELD: orjson.dumps(valid_event() | {"visitor_id": "v"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"client_ip": "300.1.1.1"})},
         {EVENT_FIELD: orjson.dumps(valid_event() | {"user_agent": ["x"]})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"ua": 5})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"url": 5})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"url": "/" + "u" * 2000})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"referrer": "a\x00b"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"screen_width": "390"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"screen_width": 0})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"country": "de"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"country": "DEU"})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"props": ["x"]})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"props": {"k": 1}})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"props": {"k": "v" * 2001}})},
+        {EVENT_FIELD: orjson.dumps(valid_event() | {"props": {"": "v"}})},
     ],
 )
 def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, bytes]) -> None:

@@ -168,7 +168,7 @@ def stream_entry(**changes: object) -> tuple[bytes, dict[bytes, bytes]]:
         ({"path": "/" + CJK * 2046}, "path: longer than 2048 bytes (UTF-8)"),
         ({"path": "a" * 2049}, "path: longer than 2048 bytes (UTF-8)"),
         ({"site_id": EMOJI * 33}, "site_id: longer than 128 bytes (UTF-8)"),
-        ({"event_type": "\u00e9" * 33}, "event_type: longer than 64 bytes (UTF-8)"),
+        ({"event_type": "\u00e9" * 241}, "event_type: longer than 480 bytes (UTF-8)"),
         ({"user_id": CJK * 86}, "user_id: longer than 256 bytes (UTF-8)"),
         ({"user_id": "u\x00"}, "user_id: must not contain NUL characters"),
         ({"user_agent": "Mozilla\x00"}, "user_agent: must not contain NUL characters"),

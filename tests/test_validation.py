@@ -118,3 +118,65 @@ def test_uuid7_is_time_ordered_and_valid() -> None:
     assert len(set(ids)) == len(ids)
     # The 48-bit millisecond time leads.
     assert [u.int >> 80 for u in parsed] == [moment // 1000 for moment in times]
+
+
+# --- what a page's tracker adds -------------------------------------------------------
+
+PAGE = {"site_id": "s", "event_type": "page_view"}
+
+
+def test_a_trackers_fields_are_kept_and_the_path_left_to_the_url() -> None:
+    event = parse(
+        {
+            **PAGE,
+            "url": "https://example.com/a?utm_source=x",
+            "referrer": "https://www.google.com/",
+            "screen_width": 390,
+            "props": {"plan": "pro", "seats": 3, "ratio": 0.5, "trial": True},
+            "interactive": False,
+        }
+    )
+    assert event["url"] == "https://example.com/a?utm_source=x"
+    assert "path" not in event  # the processor takes it from the url
+    assert event["referrer"] == "https://www.google.com/"
+    assert event["screen_width"] == 390
+    assert event["props"] == {"plan": "pro", "seats": "3", "ratio": "0.5", "trial": "true"}
+    assert event["interactive"] is False
+
+
+def test_an_explicit_path_wins_over_the_urls_and_absent_fields_stay_out() -> None:
+    event = parse({**PAGE, "url": "/app?x=1", "path": "/app#/settings", "interactive": True})
+    assert (event["url"], event["path"]) == ("/app?x=1", "/app#/settings")
+    assert not {"referrer", "screen_width", "props", "interactive"} & set(event)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"url": "example.com/page"}, "url"),  # neither absolute nor a path
+        ({"url": "data:text/html,hi"}, "url"),
+        ({"url": "JavaScript:alert(1)"}, "url"),
+        ({"url": "https://x/" + "a" * 2000}, "url"),
+        ({"url": 5}, "url"),
+        ({"referrer": "r" * 2001}, "referrer"),
+        ({"screen_width": 0}, "screen_width"),
+        ({"screen_width": 1.5}, "screen_width"),
+        ({"screen_width": True}, "screen_width"),
+        ({"screen_width": "390"}, "screen_width"),
+        ({"props": "a=b"}, "props"),
+        ({"props": {f"k{i}": "v" for i in range(31)}}, "props"),
+        ({"props": {"k" * 301: "v"}}, "props"),
+        ({"props": {"k": "v" * 2001}}, "props"),
+        ({"props": {"": "v"}}, "props"),
+        ({"props": {"k": {"nested": 1}}}, "props"),
+        ({"props": {"k": None}}, "props"),
+        ({"props": {"k": "a\x00b"}}, "props"),
+        ({"interactive": "no"}, "interactive"),
+    ],
+)
+def test_a_trackers_fields_are_checked(changes: dict[str, object], field: str) -> None:
+    assert fields_at_fault({**PAGE, **changes}) == [field]
+
+
+def test_other_schemes_than_the_webs_are_pages_too() -> None:
+    assert parse({**PAGE, "url": "android-app://com.example/home"})["url"].startswith("android")

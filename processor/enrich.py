@@ -1,0 +1,78 @@
+"""What an event's url, referrer and User-Agent say, as the columns of its row.
+
+The derivations are pure functions (processor/urls.py, sources.py, useragents.py), each
+memoised where its inputs repeat; this module puts them together in the order Plausible
+applies them (docs/enrichment.md): the page's URL gives its host, path and campaign tags;
+the tagged source (utm_source, source, ref) wins over the referrer's; a Google or Bing
+click id stands in for a missing utm_medium. They run in the processor, not at the edge:
+its time goes mostly to waiting on PostgreSQL, and a request then pays only for checking
+the fields (measured: docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from processor.sources import visit_source
+from processor.urls import PageParts, page_parts
+from processor.useragents import client_of
+
+# Distinct pages and referrers remembered: each entry holds at most a few KB of text
+# (URLs are at most 2,000 bytes), so a few tens of MB at the very most.
+MEMO_ENTRIES = 8_192
+
+
+class Origin(NamedTuple):
+    """Where the visit came from: the columns after path, in the row's order."""
+
+    hostname: str | None
+    referrer: str | None
+    source: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    utm_content: str | None
+    utm_term: str | None
+    click_id: str | None
+
+
+NO_ORIGIN = Origin(None, None, None, None, None, None, None, None, None)
+_NO_PAGE = PageParts(None, "/", None, None, None, None, None, None)
+
+# With no utm_medium, an ad click id names the medium of its own network's visits.
+_CLICK_MEDIUMS = {("Google", "gclid"): "(gclid)", ("Bing", "msclkid"): "(msclkid)"}
+
+
+@functools.lru_cache(maxsize=MEMO_ENTRIES)
+def page_of(url: str) -> PageParts:
+    return page_parts(url)
+
+
+@functools.lru_cache(maxsize=MEMO_ENTRIES)
+def origin_of(page: PageParts, referrer: str | None) -> Origin:
+    source, referrer_text = visit_source(referrer, page.hostname, page.utm_source)
+    medium = page.utm_medium
+    if medium is None and page.click_id is not None and source is not None:
+        medium = _CLICK_MEDIUMS.get((source, page.click_id))
+    return Origin(
+        page.hostname,
+        referrer_text,
+        source,
+        page.utm_source,
+        medium,
+        page.utm_campaign,
+        page.utm_content,
+        page.utm_term,
+        page.click_id,
+    )
+
+
+def page_and_origin(url: str | None, referrer: str | None) -> tuple[PageParts, Origin]:
+    page = _NO_PAGE if url is None else page_of(url)
+    if url is None and referrer is None:
+        return page, NO_ORIGIN
+    return page, origin_of(page, referrer)
+
+
+__all__ = ["NO_ORIGIN", "Origin", "client_of", "page_and_origin"]
