@@ -25,6 +25,7 @@ from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.compat import PlausibleEventEndpoint, UmamiSendEndpoint
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
+from ingest.geo import CountryLookup
 from ingest.intake import Intake
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> IngestRouter:
             VisitorHasher(client, settings.salt_key_prefix, settings.max_age_seconds),
             backlog,
             admission,
+            CountryLookup(),
             settings.store_client_info,
         )
         backlog.start()

@@ -3,7 +3,8 @@
 1. bots: known crawlers, monitors and previewers are dropped (answered "ignored"), counted;
    so are events the registry does not admit (SITES_MODE=registered, ingest/admission.py);
    a site over its rate limit fails the request (429);
-2. visitors: an event without a user_id gets the salted visitor hash of its day;
+2. visitors: an event without a user_id gets the salted visitor hash of its day, and
+   every event its client's country (the address itself goes no further);
 3. client info: the User-Agent goes on (the processor derives browser, OS and device
    from it), as "user_agent" to be stored where STORE_CLIENT_INFO is on, else as "ua";
    the IP address goes on only where it is on;
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 from ingest.admission import Admission
 from ingest.backlog import BacklogMonitor
 from ingest.bots import is_bot
+from ingest.geo import CountryLookup
 from ingest.stream_writer import StreamUnavailable, StreamWriter
 from ingest.visitors import SaltNotLoaded, VisitorHasher
 
@@ -36,6 +38,7 @@ class Intake:
     visitors: VisitorHasher
     backlog: BacklogMonitor
     admission: Admission
+    countries: CountryLookup
     store_client_info: bool
 
     def submit(
@@ -84,11 +87,14 @@ class Intake:
 
     def _append(self, events: list[dict[str, Any]], ip: str, user_agent: str) -> Awaitable[None]:
         visitor_id = self.visitors.visitor_id
+        country = self.countries.country_of(ip)
         for event in events:
             if event["user_id"] is None:
                 event["visitor_id"] = visitor_id(
                     event["timestamp"], event["site_id"], ip, user_agent
                 )
+            if country is not None:
+                event["country"] = country
         if self.store_client_info:
             for event in events:
                 event["client_ip"] = ip or None

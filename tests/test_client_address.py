@@ -80,3 +80,24 @@ async def test_clients_behind_a_trusted_proxy_sending_ports_are_different_visito
     assert len(visitors) == 4
     assert visitors[0] == visitors[2]  # the port is not part of the client
     assert len({visitors[0], visitors[1], visitors[3]}) == 3
+
+
+async def test_each_event_gets_its_clients_country_and_never_its_address(
+    settings: Settings, redis_client: redis.Redis, start_server: Callable[[Settings], str]
+) -> None:
+    """The country comes from the client's address (behind the proxy, not the proxy's);
+    private addresses have none; the address itself stays at the edge."""
+    configured = dataclasses.replace(settings, trusted_proxies="127.0.0.1")
+    # Google's and Deutsche Telekom's public resolvers, a private address, and IPv6.
+    hops = ["8.8.8.8", "194.25.0.60", "10.1.2.3", "2001:4860:4860::8888"]
+    async with httpx.AsyncClient(base_url=start_server(configured), timeout=10) as http:
+        for hop in hops:
+            response = await http.post(
+                "/event",
+                json={"site_id": "s", "event_type": "page_view"},
+                headers={"user-agent": "Firefox", "x-forwarded-for": hop},
+            )
+            assert response.status_code == 202
+    events = await stream_events(redis_client, settings)
+    assert [event.get("country") for event in events] == ["US", "DE", None, "US"]
+    assert not any(hop in str(event) for event in events for hop in hops)
