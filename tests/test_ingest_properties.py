@@ -48,6 +48,11 @@ events = st.fixed_dictionaries(
         "user_id": field_values,
         "timestamp": timestamps | field_values,
         "event_id": st.uuids().map(str) | field_values,
+        "url": st.sampled_from(["https://a.example/p?utm_source=x", "/p", "data:x"]) | field_values,
+        "referrer": st.just("https://www.google.com/") | field_values,
+        "screen_width": st.integers(min_value=-1, max_value=100_001) | field_values,
+        "props": st.dictionaries(st.text(max_size=10), json_scalars, max_size=3) | field_values,
+        "interactive": field_values,
         "extra": json_values,
     },
 )

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import string
 import uuid
+from datetime import UTC
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.constants import MAX_EVENT_TYPE, MAX_PATH, MAX_SITE_ID, MAX_USER_ID
 from ingest.ids import uuid7
-from ingest.validation import InvalidEvent, parse_event
+from ingest.validation import (
+    InvalidEvent,
+    TimeWindow,
+    _common_event,
+    parse_event,
+    validate_event,
+)
+from tests.test_ingest_properties import events
 
 RECEIVED = 1_700_000_000_123_456
+WINDOW = TimeWindow(max_future_s=3_600, max_age_s=86_400 * 365)
 
 
 def parse(payload: object) -> dict[str, object]:
@@ -180,3 +193,50 @@ def test_a_trackers_fields_are_checked(changes: dict[str, object], field: str) -
 
 def test_other_schemes_than_the_webs_are_pages_too() -> None:
     assert parse({**PAGE, "url": "android-app://com.example/home"})["url"].startswith("android")
+
+
+# --- the common way (msgspec) and the detailed way agree ------------------------------
+
+ASCII = st.text(alphabet=string.ascii_letters + string.digits + "/-_.:?=&", min_size=1, max_size=30)
+common_events = st.fixed_dictionaries(
+    {"site_id": ASCII, "event_type": st.just("page_view") | ASCII},
+    optional={
+        "path": ASCII.map(lambda p: "/" + p),
+        "user_id": ASCII,
+        "url": ASCII.map(lambda p: "https://a.example/" + p),
+        "referrer": ASCII,
+        "screen_width": st.integers(min_value=1, max_value=4000),
+        "interactive": st.booleans(),
+        "timestamp": st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+        "event_id": st.uuids().map(str),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.one_of(common_events, events).map(lambda event: json.dumps(event).encode()))
+def test_the_common_way_makes_the_event_the_detailed_way_makes(body: bytes) -> None:
+    common = _common_event(body, RECEIVED, WINDOW)
+    try:
+        detailed: dict[str, object] | None = validate_event(orjson.loads(body), RECEIVED, WINDOW)
+    except (orjson.JSONDecodeError, InvalidEvent):
+        detailed = None
+    if common is None:
+        return  # the detailed way decides alone
+    assert detailed is not None, body
+    if "event_id" not in orjson.loads(body):  # each way made an id of its own
+        assert common.pop("event_id") != detailed.pop("event_id")
+    assert common == detailed
+
+
+def test_a_trackers_common_event_goes_the_common_way() -> None:
+    body = orjson.dumps(
+        {
+            "site_id": "shop.example",
+            "event_type": "page_view",
+            "url": "https://shop.example/pricing?utm_source=news",
+            "referrer": "https://www.google.com/",
+            "screen_width": 1440,
+        }
+    )
+    assert _common_event(body, RECEIVED, WINDOW) is not None
