@@ -34,6 +34,7 @@ run: $(STAMP) preflight migrate
 
 ## test: the whole suite against the local Redis and PostgreSQL
 test: $(STAMP) preflight
+	@command -v chromium >/dev/null || scripts/install-chromium.sh
 	$(BIN)/pytest
 
 ## chaos: only the fault-injection scenarios (also part of `make test`); each asserts exact counts
