@@ -316,6 +316,18 @@ async def test_hash_routing_sends_the_path_with_its_hash(site: Site) -> None:
         assert list(map(sent, await site.wait_for(len(expected)))) == expected
 
 
+async def test_a_page_with_a_very_long_url_still_counts(site: Site) -> None:
+    """The server takes at most 2,000 bytes of url: the tracker cuts it there."""
+    page_url = site.add_page("/search", 'data-site="shop.example" data-allow-automation')
+    long_url = page_url + "?q=" + "x" * 3_000
+    async with browser() as context:
+        page = await context.new_page()
+        await page.goto(long_url)
+        [event] = await site.wait_for(1)
+    assert event["url"] == long_url[:2_000]
+    assert "path" not in event  # the processor takes it from the url
+
+
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
 async def test_a_local_page_sends_nothing_unless_allowed(site: Site, host: str) -> None:
     site.add_page("/dev", "data-site=dev data-allow-automation", queued='beacon("queued");')

@@ -45,16 +45,18 @@
       console.warn("beacon: not sent: " + skip);
       return;
     }
+    // Cut to the server's limits (URLs are ASCII here: percent-encoded, punycode hosts),
+    // so that a page with a very long query still counts.
     var event = {
       site_id: site,
       event_type: eventType,
-      url: location.href,
+      url: location.href.slice(0, 2000),
       screen_width: screen.width,
     };
-    if (document.referrer) event.referrer = document.referrer;
+    if (document.referrer) event.referrer = document.referrer.slice(0, 2000);
     if (props && Object.keys(props).length) event.props = props;
     // Without it the server takes the path from url, where a hash is no part of it.
-    if (hashRouting) event.path = location.pathname + location.hash;
+    if (hashRouting) event.path = (location.pathname + location.hash).slice(0, 2048);
     var body = JSON.stringify(event);
     // A string body goes as text/plain: a CORS-simple request, no preflight. sendBeacon
     // outlives the page; it is missing in old browsers and says false when its queue is
