@@ -287,6 +287,7 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
     failures: list[BaseException] = []
     try:
         with server:
+            _wait_for_stats(port)
             stop = threading.Event()
             probe = threading.Thread(
                 target=_probe, args=(port, stop, samples, failures), daemon=True
@@ -317,6 +318,25 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
     }
 
 
+def _wait_for_stats(port: int) -> None:
+    """GET /stats answers 503 until the server's database pool is up (it starts in the
+    background: ingest needs only Redis); freshness is measured from then on."""
+    deadline = time.monotonic() + 30
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", f"/stats?site_id=x&date={datetime.now(UTC).date().isoformat()}")
+            answer = conn.getresponse()
+            body = answer.read()
+        finally:
+            conn.close()
+        if answer.status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET /stats still answers {answer.status}: {body!r}")
+        time.sleep(0.1)
+
+
 def _probe(
     port: int, stop: threading.Event, samples: list[float], failures: list[BaseException]
 ) -> None:
@@ -343,7 +363,10 @@ def _probe_until(port: int, stop: threading.Event, samples: list[float]) -> None
         today = datetime.now(UTC).date().isoformat()
         while not stop.is_set():
             conn.request("GET", f"/stats?site_id={site}&date={today}")
-            stats = orjson.loads(conn.getresponse().read())
+            answer = conn.getresponse()
+            stats = orjson.loads(answer.read())
+            if answer.status != 200:
+                raise AssertionError(f"GET /stats answered {answer.status}: {stats}")
             if stats["total_views"] >= sent:
                 samples.append((time.perf_counter() - accepted_at) * 1000)
                 break

@@ -61,7 +61,10 @@ _SWEEP_INTERVAL_S = 0.5
 # the only one is refused (503). Every connection may otherwise hold MAX_BODY_BYTES.
 BODY_BUDGET_BYTES = 32 * 1024 * 1024
 LINGER_S = 2.0
-MIN_WAIT_BEFORE_EVICTION_S = 1.0
+# A client sends its request head right after connecting: one that has sent none for this
+# long may make room at the cap. Short enough that a flood of new connections cannot keep
+# every place young (make bench, step 6b), long enough for a request on its way.
+MIN_WAIT_BEFORE_EVICTION_S = 0.25
 # EdgeProtocol._head_bytes past the head: its body is being received; it is being answered.
 _BODY = -1
 _ANSWERING = -2
@@ -262,6 +265,9 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
         guard.start_sweeping(self.loop)
+        # Once per connection, not per request: its start, and the cap's view of who has
+        # waited how long, are then exact rather than one sweep old.
+        guard.now = self.loop.time()
         client = get_remote_addr(transport)
         try:
             if client is not None:  # a Unix socket's peer has no address

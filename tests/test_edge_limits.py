@@ -230,7 +230,7 @@ async def test_at_the_connection_cap_waiting_clients_make_room_for_new_ones(
     settings = _quick(settings, max_connections=16, header_timeout_ms=60_000)
     base_url = start_server(settings)
     idle = [await _open(settings.port) for _ in range(16)]
-    await asyncio.sleep(1.5)  # past MIN_WAIT_BEFORE_EVICTION_S: they may be made to leave
+    await asyncio.sleep(1.0)  # past MIN_WAIT_BEFORE_EVICTION_S: they may be made to leave
     one_request_each = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=5, limits=one_request_each) as client:
         for _ in range(5):
