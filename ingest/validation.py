@@ -107,6 +107,9 @@ def parse_batch(
     body: bytes, received_at: int, max_events: int, window: TimeWindow = UNBOUNDED
 ) -> ParsedBatch:
     """Parse a JSON array or NDJSON body into its valid events and the invalid ones' faults."""
+    common = _common_batch(body, received_at, max_events, window)
+    if common is not None:
+        return ParsedBatch(common, [])
     items = _batch_items(body)
     if not items:
         raise InvalidBatch("the batch holds no events")
@@ -203,6 +206,7 @@ class _CommonEvent(msgspec.Struct):
 
 
 _decode_common = msgspec.json.Decoder(_CommonEvent).decode
+_decode_common_batch = msgspec.json.Decoder(list[_CommonEvent]).decode
 _WEB_URL = ("https://", "http://", "/")
 
 
@@ -216,6 +220,32 @@ def _common_event(body: bytes, received_at: int, window: TimeWindow) -> dict[str
         common = _decode_common(body)
     except msgspec.MsgspecError:
         return None
+    return _checked(common, received_at, window)
+
+
+def _common_batch(
+    body: bytes, received_at: int, max_events: int, window: TimeWindow
+) -> list[dict[str, Any]] | None:
+    """A JSON array of common events, every one valid, the same way; None for any other
+    batch (one uncommon event sends the whole batch the detailed way)."""
+    if not body.lstrip().startswith(b"["):
+        return None
+    try:
+        batch = _decode_common_batch(body)
+    except msgspec.MsgspecError:
+        return None
+    if not 0 < len(batch) <= max_events:
+        return None
+    events = []
+    for common in batch:
+        event = _checked(common, received_at, window)
+        if event is None:
+            return None
+        events.append(event)
+    return events
+
+
+def _checked(common: _CommonEvent, received_at: int, window: TimeWindow) -> dict[str, Any] | None:
     site_id = common.site_id
     event_type = common.event_type
     path = common.path

@@ -17,6 +17,7 @@ from ingest.ids import uuid7
 from ingest.validation import (
     InvalidEvent,
     TimeWindow,
+    _common_batch,
     _common_event,
     parse_event,
     validate_event,
@@ -240,3 +241,25 @@ def test_a_trackers_common_event_goes_the_common_way() -> None:
         }
     )
     assert _common_event(body, RECEIVED, WINDOW) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(st.one_of(common_events, common_events, events), min_size=1, max_size=5))
+def test_a_batch_of_common_events_is_made_the_way_each_would_be(batch: list[dict]) -> None:
+    body = json.dumps(batch).encode()
+    common = _common_batch(body, RECEIVED, 100, WINDOW)
+    if common is None:
+        return  # the detailed way decides alone
+    assert len(common) == len(batch)
+    for made, sent in zip(common, batch, strict=True):
+        detailed = validate_event(sent, RECEIVED, WINDOW)  # raises if the common way erred
+        if "event_id" not in sent:
+            assert made.pop("event_id") != detailed.pop("event_id")
+        assert made == detailed
+
+
+def test_a_batch_with_one_uncommon_event_goes_the_detailed_way() -> None:
+    good = {"site_id": "s", "event_type": "page_view"}
+    body = orjson.dumps([good, {**good, "site_id": "caf\u00e9"}])
+    assert _common_batch(body, RECEIVED, 100, WINDOW) is None
+    assert _common_batch(orjson.dumps([good, good]), RECEIVED, 100, WINDOW) is not None
