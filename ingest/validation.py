@@ -154,6 +154,51 @@ def validate_event(
     timestamp = _timestamp(data.get("timestamp"), received_at, window, errors)
     event_id = data.get("event_id")
     event_id = uuid7(received_at) if event_id is None else _event_id(event_id, errors)
+    url = None if data.get("url") is None else _url(data, errors)  # "": no url
+    referrer = _text(data, "referrer", MAX_URL, errors)
+    screen_width = data.get("screen_width")
+    if screen_width is not None:
+        screen_width = _screen_width(screen_width, errors)
+    interactive = data.get("interactive")
+    if interactive is not None and interactive is not True and interactive is not False:
+        errors.append(FieldError("interactive", "must be true or false"))
+    props = data.get("props")
+    if props is not None:
+        props = _props(props, errors)
+    if errors:
+        raise InvalidEvent(errors)
+    event = _event(
+        event_id,
+        site_id,  # type: ignore[arg-type]  # not None: it would have been an error
+        event_type,  # type: ignore[arg-type]
+        path,
+        user_id,
+        timestamp,
+        received_at,
+        url,
+        referrer,
+        screen_width,
+        interactive is False,
+    )
+    if props is not None:
+        event["props"] = props
+    return event
+
+
+def _event(
+    event_id: str,
+    site_id: str,
+    event_type: str,
+    path: str | None,
+    user_id: str | None,
+    timestamp: int,
+    received_at: int,
+    url: str | None,
+    referrer: str | None,
+    screen_width: int | None,
+    not_interactive: bool,
+) -> dict[str, Any]:
+    """A valid event as the stream carries it: what was not given is left out."""
     event: dict[str, Any] = {
         "event_id": event_id,
         "site_id": site_id,
@@ -163,27 +208,16 @@ def validate_event(
         "timestamp": timestamp,
         "received_at": received_at,
     }
-    url = None if data.get("url") is None else _url(data, errors)  # "": no url
     if url is not None:
         event["url"] = url
         if path is None:
             del event["path"]  # the processor takes it from the url
-    referrer = _text(data, "referrer", MAX_URL, errors)
     if referrer is not None:
         event["referrer"] = referrer
-    screen_width = data.get("screen_width")
     if screen_width is not None:
-        event["screen_width"] = _screen_width(screen_width, errors)
-    props = data.get("props")
-    if props is not None:
-        event["props"] = _props(props, errors)
-    interactive = data.get("interactive")
-    if interactive is not None and interactive is not True:
-        if interactive is not False:
-            errors.append(FieldError("interactive", "must be true or false"))
+        event["screen_width"] = screen_width
+    if not_interactive:
         event["interactive"] = False
-    if errors:
-        raise InvalidEvent(errors)
     return event
 
 
@@ -291,26 +325,19 @@ def _checked(common: _CommonEvent, received_at: int, window: TimeWindow) -> dict
     event_id = uuid7(received_at) if common.event_id is None else _event_id(common.event_id, errors)
     if errors:
         return None
-    event: dict[str, Any] = {
-        "event_id": event_id,
-        "site_id": site_id,
-        "event_type": event_type,
-        "path": path or DEFAULT_PATH,
-        "user_id": user_id,
-        "timestamp": timestamp,
-        "received_at": received_at,
-    }
-    if url is not None:
-        event["url"] = url
-        if path is None:
-            del event["path"]  # the processor takes it from the url
-    if referrer is not None:
-        event["referrer"] = referrer
-    if width is not None:
-        event["screen_width"] = width
-    if common.interactive is False:
-        event["interactive"] = False
-    return event
+    return _event(
+        event_id,
+        site_id,
+        event_type,
+        path,
+        user_id,
+        timestamp,
+        received_at,
+        url,
+        referrer,
+        width,
+        common.interactive is False,
+    )
 
 
 def _url(data: dict[str, Any], errors: list[FieldError]) -> str | None:
