@@ -34,7 +34,7 @@ run: $(STAMP) preflight migrate
 
 ## test: the whole suite against the local Redis and PostgreSQL
 test: $(STAMP) preflight
-	@command -v chromium >/dev/null || scripts/install-chromium.sh
+	@scripts/install-package.sh chromium
 	$(BIN)/pytest
 
 ## chaos: only the fault-injection scenarios (also part of `make test`); each asserts exact counts
@@ -79,7 +79,7 @@ loadtest: $(LOADTEST_STAMP)
 
 ## bench: every measurement with its same-run reference; table, benchmarks/results/latest.{json,png}
 bench: $(STAMP) preflight
-	@command -v wrk >/dev/null || scripts/install-wrk.sh
+	@scripts/install-package.sh wrk
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 

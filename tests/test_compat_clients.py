@@ -15,10 +15,8 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +27,7 @@ import redis.asyncio as redis
 from playwright.async_api import Page, Request, Response, async_playwright
 
 from common.config import Settings
+from tests.browser import DESKTOP_USER_AGENT, HOST_RULES, PageOrigin, require_chromium
 from tests.conftest import drain
 
 if TYPE_CHECKING:  # imported as a plugin below, which must come first
@@ -162,69 +161,17 @@ async def test_umami_node_page_view_and_custom_event_are_stored_and_identify_is_
 
 # --- @plausible-analytics/tracker -----------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-# Headless Chromium calls itself HeadlessChrome, which the bot filter drops.
-DESKTOP_USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/131.0.0.0 Safari/537.36"
-)
 TRACKER_PATH = "/js/plausible.js"
 WAIT_SECONDS = 10
 
-needs_chromium = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason="needs chromium: scripts/install-chromium.sh"
-)
-
-
-class SiteServer:
-    """The pages' own origin, as a site that bundles the tracker serves it: its pages by
-    path, and the package's ES module build as it is in node_modules."""
-
-    def __init__(self, tracker: Path) -> None:
-        self.pages: dict[str, str] = {}
-        files = {TRACKER_PATH: (tracker.read_bytes(), "text/javascript")}
-        pages = self.pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path in files:
-                    body, kind = files[path]
-                elif path in pages:
-                    body, kind = pages[path].encode(), "text/html; charset=utf-8"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("content-type", kind)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str, host: str = "shop.example") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def __enter__(self) -> SiteServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
 
 @pytest.fixture
-def site_server(npm_clients: NpmClients) -> Iterator[SiteServer]:
+def site_server(npm_clients: NpmClients) -> Iterator[PageOrigin]:
+    """The pages' own origin, as a site that bundles the tracker serves it: its pages, and
+    the package's ES module build as it is in node_modules."""
     tracker = npm_clients.file("@plausible-analytics/tracker", "plausible.js")
-    with SiteServer(tracker) as server:
+    with PageOrigin() as server:
+        server.files[TRACKER_PATH] = (tracker.read_bytes(), "text/javascript")
         yield server
 
 
@@ -287,9 +234,9 @@ async def desktop_chromium() -> AsyncIterator[Page]:
     """A page of headless chromium with a desktop User-Agent; *.example is 127.0.0.1."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=require_chromium(),
             headless=True,
-            args=["--host-resolver-rules=MAP *.example 127.0.0.1"],
+            args=[HOST_RULES],
         )
         try:
             context = await browser.new_context(user_agent=DESKTOP_USER_AGENT)
@@ -318,9 +265,8 @@ def row(**columns: object) -> dict[str, Any]:
     }
 
 
-@needs_chromium
 async def test_the_plausible_npm_tracker_in_a_browser_sends_a_visit_stored_once_each(
-    site_server: SiteServer,
+    site_server: PageOrigin,
     settings: Settings,
     db: asyncpg.Pool,
     redis_client: redis.Redis,
@@ -368,9 +314,8 @@ async def test_the_plausible_npm_tracker_in_a_browser_sends_a_visit_stored_once_
     assert list(map(tuple, stats)) == [("shop.example", 3, 1)]
 
 
-@needs_chromium
 async def test_the_plausible_npm_tracker_with_hash_routing_stores_the_hash_route_as_path(
-    site_server: SiteServer,
+    site_server: PageOrigin,
     settings: Settings,
     db: asyncpg.Pool,
     redis_client: redis.Redis,

@@ -17,12 +17,11 @@ import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any
 
 import orjson
@@ -32,13 +31,8 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 
 from common.config import Settings
 from common.constants import EVENT_FIELD
+from tests.browser import DESKTOP_USER_AGENT, HOST_RULES, PageOrigin, PostHandler, require_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-# Headless Chromium calls itself HeadlessChrome, which the bot filter drops.
-DESKTOP_USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/131.0.0.0 Safari/537.36"
-)
 SCREEN = {"width": 1440, "height": 900}
 QUEUE_SNIPPET = (
     "window.beacon = window.beacon || function () "
@@ -48,79 +42,42 @@ QUEUE_SNIPPET = (
 FIELDS = ("site_id", "event_type", "url", "referrer", "screen_width", "props", "path")
 WAIT_SECONDS = 10
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason="needs chromium: scripts/install-chromium.sh"
-)
 
+def first_party_proxy(ingest_url: str, proxied: list[bytes]) -> PostHandler:
+    """POST /proxy/event forwarded to the ingest server, as a site's reverse proxy would
+    do it for data-api; what passed is kept in `proxied`."""
 
-class PageServer:
-    """The site's own origin: pages by path, and a first-party proxy for data-api that
-    forwards POST /proxy/event to the ingest server, as a site's reverse proxy would."""
+    def forward(path: str, body: bytes, headers: Message) -> tuple[int, bytes]:
+        if path != "/proxy/event":
+            return 404, b"not found"
+        proxied.append(body)
+        forwarded = urllib.request.Request(
+            f"{ingest_url}/event",
+            data=body,
+            headers={
+                "content-type": headers.get("content-type", "text/plain"),
+                "user-agent": headers.get("user-agent", ""),
+            },
+        )
+        try:
+            with urllib.request.urlopen(forwarded, timeout=5) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
 
-    def __init__(self, ingest_url: str) -> None:
-        self.pages: dict[str, str] = {}
-        self.proxied: list[bytes] = []
-        pages, proxied = self.pages, self.proxied
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                page = pages.get(self.path.split("?")[0])
-                body = (page or "not found").encode()
-                self.send_response(200 if page is not None else 404)
-                self.send_header("content-type", "text/html; charset=utf-8")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                if self.path != "/proxy/event":
-                    self.send_error(404)
-                    return
-                proxied.append(body)
-                forwarded = urllib.request.Request(
-                    f"{ingest_url}/event",
-                    data=body,
-                    headers={
-                        "content-type": self.headers.get("content-type", "text/plain"),
-                        "user-agent": self.headers.get("user-agent", ""),
-                    },
-                )
-                try:
-                    with urllib.request.urlopen(forwarded, timeout=5) as answer:
-                        status, answer_body = answer.status, answer.read()
-                except urllib.error.HTTPError as refused:
-                    status, answer_body = refused.code, refused.read()
-                self.send_response(status)
-                self.send_header("content-length", str(len(answer_body)))
-                self.end_headers()
-                self.wfile.write(answer_body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> PageServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+    return forward
 
 
 class Site:
     """One test's world: the ingest server, the page origin, the stream to read."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, pages: PageServer) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, pages: PageOrigin, proxied: list[bytes]
+    ) -> None:
         self.stream_key = settings.stream_key
         self.redis = client
         self.pages = pages.pages
-        self.proxied = pages.proxied
+        self.proxied = proxied
         self.port = pages.port
         self.script_src = f"http://stats.example:{settings.port}/script.js"
 
@@ -166,8 +123,9 @@ def site(
     settings: Settings, redis_client: redis.Redis, start_server: Callable[[Settings], str]
 ) -> Iterator[Site]:
     ingest_url = start_server(settings)
-    with PageServer(ingest_url) as pages:
-        yield Site(settings, redis_client, pages)
+    proxied: list[bytes] = []
+    with PageOrigin(first_party_proxy(ingest_url, proxied)) as pages:
+        yield Site(settings, redis_client, pages, proxied)
 
 
 def write_preferences(profile: str, preferences: dict[str, Any]) -> None:
@@ -184,7 +142,7 @@ async def browser(
     """Headless chromium with a desktop User-Agent; with the visitor's privacy signals
     turned on the way the browser itself does: Do-Not-Track is a profile preference,
     Global Privacy Control a Chromium feature (navigator.globalPrivacyControl)."""
-    args = ["--host-resolver-rules=MAP *.example 127.0.0.1"]
+    args = [HOST_RULES]
     if gpc:
         args.append("--enable-features=GlobalPrivacyControl,GlobalPrivacyControlForce")
     with tempfile.TemporaryDirectory() as profile:
@@ -192,7 +150,7 @@ async def browser(
         async with async_playwright() as playwright:
             context = await playwright.chromium.launch_persistent_context(
                 profile,
-                executable_path=CHROMIUM,
+                executable_path=require_chromium(),
                 headless=True,
                 args=args,
                 user_agent=DESKTOP_USER_AGENT,
