@@ -31,11 +31,12 @@ class RequestError(Exception):
         self.body = error_body(code, message, [{"field": field, "message": message}])
 
 
-def check_body_headers(headers: dict[bytes, bytes], limit: int) -> None:
-    """415 for a declared type that cannot hold JSON (no type at all is accepted); 413
-    for a body declared larger than `limit`, before any of it is read."""
+def check_body_headers(headers: dict[bytes, bytes], limit: int, any_type: bool = False) -> None:
+    """415 for a declared type that cannot hold JSON (no type at all is accepted; with
+    `any_type`, every type is read as JSON); 413 for a body declared larger than `limit`,
+    before any of it is read."""
     declared = headers.get(b"content-type")
-    if declared is not None and declared != b"application/json":  # that one: at once
+    if declared is not None and declared != b"application/json" and not any_type:
         _check_content_type(declared)
     length = headers.get(b"content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):

@@ -181,7 +181,10 @@ def _cut(text: str, max_bytes: int) -> str:
 
 
 class PlausibleEventEndpoint(IngestEndpoint):
-    """POST /api/event: Plausible's Events API, as its trackers send it (text/plain JSON)."""
+    """POST /api/event: Plausible's Events API, as its trackers send it (text/plain JSON).
+    As Plausible does, a body of any declared type is read as JSON."""
+
+    reads_any_type = True
 
     def handle(self, scope: Any, body: bytes, received_at: int) -> Handled:
         try:

@@ -69,6 +69,7 @@ class IngestEndpoint:
     """An ASGI app: Starlette's Route hands it the request without wrapping it."""
 
     reads_body = True
+    reads_any_type = False  # as JSON, whatever Content-Type says (Plausible's route)
 
     def __init__(self, settings: Settings):
         self._max_body_bytes = settings.max_body_bytes
@@ -100,7 +101,7 @@ class IngestEndpoint:
                 raise RateLimited("address")
             body = b""
             if self.reads_body:
-                check_body_headers(headers, self._max_body_bytes)
+                check_body_headers(headers, self._max_body_bytes, self.reads_any_type)
                 message = await receive()
                 body = message.get("body", b"")
                 if (

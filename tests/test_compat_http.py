@@ -157,6 +157,18 @@ async def test_invalid_plausible_requests_get_plausibles_errors_and_nothing_is_e
     assert await stream_events(redis_client, settings) == []
 
 
+async def test_a_body_of_any_declared_type_is_read_as_json(
+    http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """As Plausible reads it: curl -d sends a form's type, with JSON in it."""
+    body = {"n": "pageview", "u": "https://x.example/", "d": "x.example"}
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert (await _plausible(http, body, **form)).status_code == 202
+    response = await _plausible(http, {"n": "pageview"}, **form)
+    assert response.json() == {"errors": {"url": ["is required"]}}
+    assert len(await stream_events(redis_client, settings)) == 1
+
+
 async def test_a_bots_events_are_dropped_and_counted_in_the_header(
     http: httpx.AsyncClient, redis_client: redis.Redis, settings: Settings
 ) -> None:
