@@ -74,6 +74,14 @@ class Admission:
         if self._timer is not None:
             self._timer.cancel()
 
+    def umami_site(self, website_id: str) -> str:
+        """The site that an Umami website id names (`python -m sites add
+        --umami-website`); the id itself where none does."""
+        snapshot = self._registry.snapshot
+        if snapshot is None:
+            return website_id
+        return snapshot.umami_sites.get(website_id, website_id)
+
     def sort(
         self, events: list[dict[str, Any]], origin: bytes | None
     ) -> dict[str, list[dict[str, Any]]] | None:

@@ -20,6 +20,7 @@ import orjson
 from common.constants import MAX_PROP_KEY, MAX_PROP_VALUE, MAX_PROPS, MAX_URL
 from ingest.asgi import render_json
 from ingest.endpoints import Handled, IngestEndpoint
+from ingest.intake import Intake
 from ingest.validation import InvalidEvent, validate_event
 
 PAGE_VIEW = "page_view"
@@ -311,7 +312,9 @@ def _umami_props(data: object) -> dict[str, Any]:
 
 
 class UmamiSendEndpoint(IngestEndpoint):
-    """POST /api/send: Umami's collect API, as its tracker and @umami/node send it.
+    """POST /api/send: Umami's collect API, as its tracker and @umami/node send it. The
+    website id names a registered site where one has it (`python -m sites add
+    --umami-website`), else it is the site_id itself.
 
     No x-umami-cache token is handed out: the tracker sends one back only when it got
     one, and we need none (the visitor id is made at the edge from the day's salt, the
@@ -327,6 +330,8 @@ class UmamiSendEndpoint(IngestEndpoint):
             fields = umami_event(data)
             if fields is None:
                 return 200, {}, []
+            intake: Intake = scope["state"]["intake"]
+            fields["site_id"] = intake.admission.umami_site(fields["site_id"])
             event = validate_event(fields, received_at, self._window)
         except UmamiError as exc:
             return 400, exc.body, []

@@ -23,6 +23,7 @@ from sites.model import (
     check_domain,
     check_site_id,
     check_time_zone,
+    check_umami_website_id,
     check_user_id,
 )
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         "(repeat for several)",
     )
     add.add_argument("--time-zone", default="UTC", metavar="TZ", help="e.g. Europe/Berlin")
+    add.add_argument(
+        "--umami-website",
+        metavar="UUID",
+        help="its website id in Umami's tracker: events sent to /api/send with it are this site's",
+    )
 
     commands.add_parser("list", help="every registered site, a line each")
 
@@ -53,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--add-domain", action="append", default=[], metavar="D")
     update.add_argument("--remove-domain", action="append", default=[], metavar="D")
     update.add_argument("--time-zone", metavar="TZ")
+    umami = update.add_mutually_exclusive_group()
+    umami.add_argument("--umami-website", metavar="UUID")
+    umami.add_argument("--no-umami-website", action="store_true")
 
     remove = commands.add_parser("remove", help="unregister a site")
     remove.add_argument("site_id", metavar="SITE_ID")
@@ -96,6 +105,7 @@ def _describe(site: Site) -> str:
             f"site_id:    {site.site_id}",
             f"domains:    {', '.join(site.domains) or '(any)'}",
             f"time zone:  {site.time_zone}",
+            f"umami id:   {site.umami_website_id or '(none)'}",
             f"created at: {site.created_at.isoformat(timespec='seconds')}",
             f"updated at: {site.updated_at.isoformat(timespec='seconds')}",
         ]
@@ -142,7 +152,8 @@ async def _run(args: argparse.Namespace, conn: asyncpg.Connection) -> str:
     site_id = check_site_id(args.site_id)
     if args.command == "add":
         domains = [check_domain(d) for d in args.domain]
-        site = await registry.add(conn, site_id, domains, check_time_zone(args.time_zone))
+        umami = None if args.umami_website is None else check_umami_website_id(args.umami_website)
+        site = await registry.add(conn, site_id, domains, check_time_zone(args.time_zone), umami)
         return "registered\n" + _describe(site)
     if args.command == "show":
         return _describe(await registry.get(conn, site_id))
@@ -154,6 +165,10 @@ async def _run(args: argparse.Namespace, conn: asyncpg.Connection) -> str:
             add_domains=[check_domain(d) for d in args.add_domain],
             remove_domains=[check_domain(d) for d in args.remove_domain],
             time_zone=time_zone,
+            umami_website_id=(
+                None if args.umami_website is None else check_umami_website_id(args.umami_website)
+            ),
+            drop_umami_website_id=args.no_umami_website,
         )
         return "updated\n" + _describe(site)
     if args.command == "erase-user":

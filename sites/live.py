@@ -69,13 +69,14 @@ class Snapshot:
     version: int
     sites: dict[str, SiteRule]
     keys: dict[str, KeyRule]  # by prefix
+    umami_sites: dict[str, str]  # Umami website id (canonical UUID text): site_id
 
 
 async def load(conn: asyncpg.Connection) -> Snapshot:
     """The whole registry as of one moment (one transaction: version and rows agree)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await conn.fetchval("SELECT version FROM registry_version")
-        sites = await conn.fetch("SELECT site_id, domains FROM sites")
+        sites = await conn.fetch("SELECT site_id, domains, umami_website_id::text FROM sites")
         keys = await conn.fetch(
             "SELECT prefix, key_hash, site_ids FROM api_keys WHERE revoked_at IS NULL"
         )
@@ -86,6 +87,7 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
             r["prefix"]: KeyRule(bytes(r["key_hash"]), frozenset(r["site_ids"]) or None)
             for r in keys
         },
+        {r["umami_website_id"]: r["site_id"] for r in sites if r["umami_website_id"]},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 import zoneinfo
 from datetime import datetime
 
@@ -27,6 +28,7 @@ class Site:
     time_zone: str
     created_at: datetime
     updated_at: datetime
+    umami_website_id: str | None = None  # the Umami tracker's name for it (a UUID)
 
 
 def check_site_id(site_id: str) -> str:
@@ -65,6 +67,14 @@ def check_domain(text: str) -> str:
     if len(host) > _MAX_HOSTNAME or not all(_LABEL.match(label) for label in labels):
         raise SiteError(f"domain {text!r}: not a hostname")
     return _WILDCARD + host if wildcard else host
+
+
+def check_umami_website_id(text: str) -> str:
+    """A UUID, in its canonical form, as Umami's tracker names the site."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise SiteError(f"Umami website id {text!r}: not a UUID") from None
 
 
 def check_time_zone(name: str) -> str:

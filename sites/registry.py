@@ -11,7 +11,7 @@ import asyncpg
 from common.constants import WRITTEN_TABLES
 from sites.model import Site, SiteError
 
-_COLUMNS = "site_id, domains, time_zone, created_at, updated_at"
+_COLUMNS = "site_id, domains, time_zone, created_at, updated_at, umami_website_id::text"
 # A deletion may deadlock with a processor's writes to the same rows (the processor
 # retries too): the loser's transaction is rolled back whole and run again.
 _ATTEMPTS = 5
@@ -36,20 +36,36 @@ def _site(record: asyncpg.Record) -> Site:
         record["time_zone"],
         record["created_at"],
         record["updated_at"],
+        record["umami_website_id"],
     )
 
 
-async def add(conn: asyncpg.Connection, site_id: str, domains: list[str], time_zone: str) -> Site:
-    record = await conn.fetchrow(
-        f"INSERT INTO sites (site_id, domains, time_zone) VALUES ($1, $2, $3)"
-        f" ON CONFLICT (site_id) DO NOTHING RETURNING {_COLUMNS}",
-        site_id,
-        sorted(set(domains)),
-        time_zone,
-    )
+async def add(
+    conn: asyncpg.Connection,
+    site_id: str,
+    domains: list[str],
+    time_zone: str,
+    umami_website_id: str | None = None,
+) -> Site:
+    try:
+        record = await conn.fetchrow(
+            f"INSERT INTO sites (site_id, domains, time_zone, umami_website_id)"
+            f" VALUES ($1, $2, $3, $4::uuid)"
+            f" ON CONFLICT (site_id) DO NOTHING RETURNING {_COLUMNS}",
+            site_id,
+            sorted(set(domains)),
+            time_zone,
+            umami_website_id,
+        )
+    except asyncpg.UniqueViolationError:
+        raise _website_taken(umami_website_id) from None
     if record is None:
         raise SiteError(f"site {site_id!r} is registered already")
     return _site(record)
+
+
+def _website_taken(umami_website_id: str | None) -> SiteError:
+    return SiteError(f"Umami website id {umami_website_id} belongs to another site already")
 
 
 async def all_sites(conn: asyncpg.Connection) -> list[Site]:
@@ -70,23 +86,33 @@ async def update(
     add_domains: list[str],
     remove_domains: list[str],
     time_zone: str | None,
+    umami_website_id: str | None = None,
+    drop_umami_website_id: bool = False,
 ) -> Site:
-    """One statement: the domains and the time zone change together or not at all."""
-    record = await conn.fetchrow(
-        f"""UPDATE sites SET
-            domains = ARRAY(
-                SELECT DISTINCT d FROM unnest(domains || $2::text[]) AS d
-                WHERE d <> ALL($3::text[]) ORDER BY d
-            ),
-            time_zone = coalesce($4, time_zone),
-            updated_at = now()
-        WHERE site_id = $1
-        RETURNING {_COLUMNS}""",
-        site_id,
-        add_domains,
-        remove_domains,
-        time_zone,
-    )
+    """One statement: the domains, the time zone and the Umami website id change together
+    or not at all."""
+    try:
+        record = await conn.fetchrow(
+            f"""UPDATE sites SET
+                domains = ARRAY(
+                    SELECT DISTINCT d FROM unnest(domains || $2::text[]) AS d
+                    WHERE d <> ALL($3::text[]) ORDER BY d
+                ),
+                time_zone = coalesce($4, time_zone),
+                umami_website_id = CASE WHEN $6 THEN NULL
+                    ELSE coalesce($5::uuid, umami_website_id) END,
+                updated_at = now()
+            WHERE site_id = $1
+            RETURNING {_COLUMNS}""",
+            site_id,
+            add_domains,
+            remove_domains,
+            time_zone,
+            umami_website_id,
+            drop_umami_website_id,
+        )
+    except asyncpg.UniqueViolationError:
+        raise _website_taken(umami_website_id) from None
     if record is None:
         raise SiteError(f"site {site_id!r} is not registered")
     return _site(record)

@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 import httpx
+import orjson
 import redis.asyncio as redis
 
 from common.config import Settings
+from common.constants import EVENT_FIELD
 from tests.conftest import ROOT, drain, make_processor, settings_env
 from tests.test_edge_http import CHROME
 from tests.test_processor import enqueue
@@ -97,6 +99,38 @@ async def test_registered_mode_ignores_unknown_sites_until_they_are_added(
     assert counts["site_not_registered:new.example"] >= 2
     stored = await redis_client.xlen(settings.stream_key)
     assert stored >= 2  # the accepted ones, and only those: ignored events are never enqueued
+
+
+async def test_an_umami_website_id_names_its_registered_site(
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    settings: Settings,
+    start_server: Callable[[Settings], str],
+) -> None:
+    """A site switched from Umami keeps its own site_id: its tracker's website id maps to
+    it (in registered mode too), within seconds of `sites update`; unmapped ids are
+    site ids of their own, as before."""
+    await db.execute("TRUNCATE sites")
+    settings = _registered(settings)
+    website = "6f7a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+    _ok(sites_cli(settings, "add", "shop.example", "--umami-website", website.upper()))
+    send = {"type": "event", "payload": {"website": website, "url": "https://shop.example/"}}
+    headers = {"user-agent": CHROME}
+    async with httpx.AsyncClient(base_url=start_server(settings), headers=headers) as http:
+        await _eventually(lambda: _accepts_any(http))
+        answer = await http.post("/api/send", json=send)
+        assert answer.status_code == 200 and "event_id" in answer.json()
+        [(_, fields)] = await redis_client.xrange(settings.stream_key)
+        assert orjson.loads(fields[EVENT_FIELD])["site_id"] == "shop.example"
+
+        _ok(sites_cli(settings, "update", "shop.example", "--no-umami-website"))
+
+        async def ignored_now() -> bool:  # the bare id is no registered site
+            answer = await http.post("/api/send", json=send)
+            return bool(answer.json() == {"beep": "boop"})
+
+        await _eventually(ignored_now)
+    await db.execute("TRUNCATE sites")
 
 
 async def _accepts_any(http: httpx.AsyncClient) -> bool:

@@ -33,6 +33,23 @@ async def sites(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
+async def test_a_site_may_carry_its_umami_website_id_one_site_each(
+    settings: Settings, registry_db: asyncpg.Pool
+) -> None:
+    website = "6f7a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+    added = await sites(settings, "add", "shop", "--umami-website", website.upper())
+    assert added.returncode == 0, added.stderr
+    assert f"umami id:   {website}" in added.stdout  # in canonical form
+    taken = await sites(settings, "add", "blog", "--umami-website", website)
+    assert taken.returncode == 1 and "belongs to another site" in taken.stderr
+    assert await registry_db.fetchval("SELECT count(*) FROM sites") == 1  # nothing half-done
+    bad = await sites(settings, "update", "shop", "--umami-website", "not-a-uuid")
+    assert bad.returncode == 1 and "not a UUID" in bad.stderr
+    dropped = await sites(settings, "update", "shop", "--no-umami-website")
+    assert "umami id:   (none)" in dropped.stdout
+    assert (await sites(settings, "add", "blog", "--umami-website", website)).returncode == 0
+
+
 async def test_a_site_is_added_listed_shown_updated_and_removed(
     settings: Settings, registry_db: asyncpg.Pool
 ) -> None:
