@@ -57,6 +57,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
 }
 SITES_MODES = ("open", "registered")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
     "database_url": ("postgresql", "postgres"),
@@ -109,6 +110,8 @@ class Settings:
     # Store the client's IP address and User-Agent with each event (off: only the hash).
     store_client_info: bool = False
     log_level: str = "INFO"
+    # text: one readable line per record; json: one JSON object per line, for collectors.
+    log_format: str = "text"
     # The processor's GET /health (what it fails at) on this port of HOST; 0: none.
     health_port: int = 0
     # open: events for any site_id are stored; registered: only for sites in the registry
@@ -230,6 +233,10 @@ def _validate(settings: Settings) -> None:
     if settings.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(
             f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}"
         )
     _check_proxies(settings.trusted_proxies)
     _check_origins(settings.cors_origins)

@@ -221,7 +221,7 @@ async def check_encoding(conn: asyncpg.Connection) -> None:
 
 def main() -> int:
     settings = settings_or_exit()
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     try:
         applied = asyncio.run(prepare_database(settings.database_url))
     except (OSError, asyncpg.PostgresError, DatabaseUnfit) as exc:

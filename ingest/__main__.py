@@ -53,7 +53,7 @@ def connection_cap(wanted: int) -> int:
 
 def main() -> int:
     settings = settings_or_exit()
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     if early_stop.signum is not None:  # asked to stop while loading: nothing to undo
         logger.info("stopped before starting (signal %d)", early_stop.signum)
         return 0

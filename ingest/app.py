@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypedDict
 
+import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -27,6 +28,7 @@ from ingest.compat import PlausibleEventEndpoint, UmamiSendEndpoint
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.geo import CountryLookup
 from ingest.intake import Intake
+from ingest.readiness import Readiness
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.tracker import TrackerScript
@@ -42,6 +44,7 @@ class State(TypedDict):
     intake: Intake
     stats_db: StatsDatabase
     reporting_access: ReportingAccess
+    readiness: Readiness
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -56,8 +59,18 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 async def health(request: Request) -> Response:
-    """Liveness: the process answers HTTP (dependencies are reported by their own 503s)."""
+    """Liveness (GET /healthz, and GET /health as before): the process answers HTTP."""
     return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def ready(request: Request) -> Response:
+    """Readiness (GET /readyz): 200, or 503 naming each check that failed."""
+    readiness: Readiness = request.state.readiness
+    failed = await readiness.failures()
+    if failed:
+        body = {"status": "unavailable", "failed": failed}
+        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+    return Response(b'{"status":"ready"}', media_type="application/json")
 
 
 class IngestRouter:
@@ -141,6 +154,7 @@ def create_app(settings: Settings) -> IngestRouter:
                 "intake": intake,
                 "stats_db": stats_db,
                 "reporting_access": ReportingAccess(registry, settings.key_rate_limit),
+                "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
             }
             await writer.aclose()
         finally:
@@ -164,6 +178,8 @@ def create_app(settings: Settings) -> IngestRouter:
         routes=[
             Route("/stats", stats, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/readyz", ready, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -128,7 +128,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     settings = settings_or_exit()
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     try:
         uvloop.run(run(settings, drain=args.drain, signals=early_stop))
     except DatabaseUnfit as exc:  # retrying would not help: say so, without a traceback
