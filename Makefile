@@ -12,7 +12,7 @@ LOADTEST_SPAWN_RATE ?= 50
 LOADTEST_TIME ?= 30s
 LOADTEST_PROCESSES ?= 2
 
-.PHONY: run test chaos lint migrate services services-stop preflight loadtest bench clean
+.PHONY: run up test chaos lint migrate services services-stop preflight loadtest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -28,9 +28,15 @@ $(LOADTEST_STAMP): loadtest/requirements.txt
 	$(LOADTEST_VENV)/bin/pip install --quiet -r loadtest/requirements.txt
 	touch $@
 
-## run: the HTTP server (PORT, default 3000) and the processor, in the foreground
-run: $(STAMP) preflight migrate
+## run: the HTTP server (PORT, default 3000) and the processor, in the foreground; where
+## Redis or PostgreSQL does not answer and is installed, a private one is started first
+run: $(STAMP) up migrate
 	scripts/run.sh
+
+# Redis and PostgreSQL answering: private ones started (make services) where none does.
+up: $(STAMP)
+	@$(BIN)/python -m common.preflight >/dev/null 2>&1 || scripts/services.sh start
+	@$(BIN)/python -m common.preflight
 
 ## test: the whole suite against the local Redis and PostgreSQL
 test: $(STAMP) preflight

@@ -9,6 +9,15 @@ server=$!
 "$python" -m processor &
 processor=$!
 
+base="http://localhost:${PORT:-3000}"
+cat <<EOF
+beacon-analytics is starting (Ctrl-C stops it):
+  events:     POST $base/event  (Plausible: $base/api/event, Umami: $base/api/send)
+  tracker:    $base/script.js
+  reports:    $base/stats?site_id=...&date=YYYY-MM-DD
+  health:     $base/healthz, readiness: $base/readyz
+EOF
+
 stop() { kill -TERM "$server" "$processor" 2>/dev/null; }
 trap stop INT TERM
 wait -n

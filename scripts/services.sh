@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Start (or stop) private Redis and PostgreSQL servers under .services/, for a machine where
 # they are installed but not running. A port that already answers is left alone.
-#   scripts/services.sh start|stop     (REDIS_PORT=6379 PG_PORT=5432 by default)
+#   scripts/services.sh start|stop     (REDIS_PORT=6379 PG_PORT=5432 SERVICES_DIR=.services
+#                                       by default)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir="$root/.services"
+dir=${SERVICES_DIR:-$root/.services}
 redis_port=${REDIS_PORT:-6379}
 pg_port=${PG_PORT:-5432}
 
