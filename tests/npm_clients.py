@@ -13,6 +13,7 @@ import fcntl
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,40 @@ def _npm_install(directory: Path) -> None:
             f"{result.stdout}{result.stderr}",
             pytrace=False,
         )
+
+
+# Packages whose one file a test needs, not their dependencies: fetched as the tarball
+# the registry serves (npm pack), never installed. umami is Umami's whole application;
+# its tracker is src/tracker/index.js (the npm registry's latest release, 2.10.0).
+PACKED = {"umami": "2.10.0"}
+
+
+def packed_file(package: str, relative: str) -> Path:
+    """`relative` inside the PACKED release of `package`, fetched once into the cache."""
+    version = PACKED[package]
+    directory = INSTALL_DIRECTORY / "packed" / f"{package}-{version}"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (directory / ".unpacked").is_file():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail("npm is not installed: the compatibility tests need it", pytrace=False)
+            result = subprocess.run(
+                [npm, "pack", f"{package}@{version}", "--silent"],
+                cwd=directory, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_SECONDS,
+            )  # fmt: skip
+            if result.returncode != 0:
+                pytest.fail(f"npm pack {package}@{version} failed:\n{result.stderr}", pytrace=False)
+            with tarfile.open(directory / result.stdout.strip().splitlines()[-1]) as archive:
+                archive.extractall(directory, filter="data")
+            (directory / ".unpacked").write_text(version)
+    path = directory / "package" / relative
+    assert path.is_file(), f"{package} {version} has no {relative}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def umami_tracker() -> bytes:
+    """Umami's tracker as its source is published (npm: umami, src/tracker/index.js)."""
+    return packed_file("umami", "src/tracker/index.js").read_bytes()

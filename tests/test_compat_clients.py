@@ -346,3 +346,65 @@ async def test_the_plausible_npm_tracker_with_hash_routing_stores_the_hash_route
             row(event_type="Signup", path="/app#/settings", props={"plan": "pro"}),
         ]
     )
+
+
+# --- Umami's own tracker, in a browser --------------------------------------------------
+
+UMAMI_SCRIPT_PATH = "/umami.js"
+
+
+async def test_umamis_tracker_in_a_browser_sends_a_visit_stored_once_each(
+    umami_tracker: bytes,
+    site_server: PageOrigin,
+    settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    start_server: Callable[[Settings], str],
+) -> None:
+    """Umami's script.js (src/tracker/index.js of the npm package umami 2.10.0: its build
+    only minifies it), served by the site, data-host-url pointing here. (Chromium sends
+    another site only its origin as the referrer.) It sends the
+    whole answer back in x-umami-cache on every later event (as Umami 2's server gave it
+    a token): the preflights must allow that header, and the server ignores it."""
+    site_server.files[UMAMI_SCRIPT_PATH] = (umami_tracker, "text/javascript")
+    ingest_url = start_server(settings)
+    endpoint = f"{ingest_url}/api/send"
+    site_server.pages["/landing"] = (
+        "<!doctype html><html><head><title>Shop</title>"
+        f'<script defer src="{UMAMI_SCRIPT_PATH}" data-website-id="{WEBSITE}"'
+        f' data-host-url="{ingest_url}"></script></head><body><p>the shop</p></body></html>'
+    )
+    site_server.pages["/article"] = f'<a id="shop" href="{site_server.url("/landing")}">shop</a>'
+
+    caches: list[str | None] = []
+    async with desktop_chromium() as page:
+        tracked = Tracked(page, endpoint)
+        page.on(
+            "request",
+            lambda r: (
+                caches.append(r.headers.get("x-umami-cache"))
+                if r.url == endpoint and r.method == "POST"
+                else None
+            ),
+        )
+        await page.goto(site_server.url("/article", "news.example"))
+        await page.click("#shop")
+        await tracked.stored(redis_client, settings.stream_key, 1)
+        await page.evaluate("history.pushState({}, '', '/pricing?plan=team')")
+        await tracked.stored(redis_client, settings.stream_key, 2)
+        await page.evaluate("umami.track('signup', {plan: 'pro', seats: 3})")
+        await tracked.stored(redis_client, settings.stream_key, 3)
+        assert [status for status, _ in await tracked.answered(3)] == [200] * 3
+
+    assert [event["type"] for event in tracked.sent] == ["event"] * 3
+    # The first went without; each later one carried an earlier answer back.
+    assert caches[0] is None and all(c and "event_id" in c for c in caches[1:]), caches
+    await drain(settings, redis_client, db)
+    umami = {"site_id": WEBSITE, "screen_width": 1280}
+    assert list((await stored_events(db)).values()) == [
+        row(event_type="page_view", path="/landing", referrer="news.example",
+            source="news.example", **umami),
+        # A navigation's referrer is the page before it, of the same site: no source.
+        row(event_type="page_view", path="/pricing", **umami),
+        row(event_type="signup", path="/pricing", props={"plan": "pro", "seats": "3"}, **umami),
+    ]  # fmt: skip
