@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "keep_alive_ms": (100, 600_000, "ms"),
     "body_timeout_ms": (100, 600_000, "ms"),
     "max_connections": (16, 1_000_000, "connections"),
+    "ingest_processes": (1, 64, "processes"),
     "max_connections_per_address": (0, 1_000_000, "connections"),
     "registry_refresh_ms": (100, 60_000, "ms"),
     "address_rate_limit": (0, 1_000_000_000, "requests/s"),
@@ -128,6 +129,8 @@ class Settings:
     # its client makes room, or a new one is answered 503 (see ingest/edge.py). One holds
     # 3 to 8.5 KB: 4,096 of them, 35 MB at most.
     max_connections: int = 4_096
+    # Server processes on PORT (SO_REUSEPORT), each with its own limits and writer.
+    ingest_processes: int = 1
     # Open connections from one client address (IPv6: one /64), as nginx's limit_conn
     # bounds them; 0: no limit. Trusted proxies are not limited.
     max_connections_per_address: int = 256

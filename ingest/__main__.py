@@ -9,6 +9,7 @@ if __name__ == "__main__":
     early_stop.install()
 
 import logging
+import os
 import resource
 import sys
 
@@ -19,6 +20,7 @@ from common.logs import configure
 from ingest.app import create_app
 from ingest.edge import EdgeLimits, edge_protocol
 from ingest.server import SERVER_OPTIONS
+from ingest.supervisor import WORKER_ENV, reuse_port_socket, supervise
 
 logger = logging.getLogger("ingest")
 
@@ -57,7 +59,12 @@ def main() -> int:
     if early_stop.signum is not None:  # asked to stop while loading: nothing to undo
         logger.info("stopped before starting (signal %d)", early_stop.signum)
         return 0
-    logger.info("starting with %r", settings)
+    worker = os.environ.get(WORKER_ENV)
+    if settings.ingest_processes > 1 and worker is None:
+        logger.info("starting with %r", settings)
+        return supervise(settings.ingest_processes)
+    if worker is None:
+        logger.info("starting with %r", settings)
     limits = EdgeLimits(
         header_timeout_s=settings.header_timeout_ms / 1000,
         keep_alive_s=settings.keep_alive_ms / 1000,
@@ -76,7 +83,10 @@ def main() -> int:
     )
     server = uvicorn.Server(config)
     early_stop.hand_over(server.handle_exit)
-    server.run()
+    # One of several on the port: a socket of its own, bound with SO_REUSEPORT.
+    server.run(
+        sockets=None if worker is None else [reuse_port_socket(settings.host, settings.port)]
+    )
     return 0 if server.started else 1
 
 

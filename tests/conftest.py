@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 
 from common.config import Settings
@@ -54,14 +55,17 @@ async def _drop_database(name: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """Settings of a test: its own stream key, so that tests never share a stream."""
-    return Settings(
+def settings(database_url: str) -> Iterator[Settings]:
+    """Settings of a test: its own stream key, so that tests never share a stream. The
+    stream and every key named after it are deleted afterwards, whoever made them (a
+    server the test started makes its stream on connecting)."""
+    stream_key = f"test:{uuid.uuid4().hex}:events_stream"
+    yield Settings(
         redis_url=REDIS_URL,
         database_url=database_url,
         host="127.0.0.1",
         port=free_port(),
-        stream_key=f"test:{uuid.uuid4().hex}:events_stream",
+        stream_key=stream_key,
         consumer_name="test-consumer",
         batch_size=500,
         block_ms=100,
@@ -69,6 +73,13 @@ def settings(database_url: str) -> Settings:
         claim_interval_ms=60_000,
         max_age_seconds=10 * 365 * 86_400,  # the generated data sets lie in 2024
     )
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{stream_key}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 REGISTRY_TABLES = ("sites", "api_keys")
