@@ -28,6 +28,7 @@ _BOOLEANS = {
 RANGES: dict[str, tuple[int, int, str]] = {
     "port": (1, 65_535, ""),
     "health_port": (0, 65_535, ""),
+    "metrics_port": (0, 65_535, ""),
     "batch_size": (1, 10_000, "entries"),
     "writers": (1, 32, "consumers"),
     "block_ms": (10, 60_000, "ms"),  # 0 would make XREADGROUP block forever
@@ -115,6 +116,8 @@ class Settings:
     log_format: str = "text"
     # The processor's GET /health (what it fails at) on this port of HOST; 0: none.
     health_port: int = 0
+    # The processor's GET /metrics (Prometheus) on this port of HOST; 0: none.
+    metrics_port: int = 0
     # open: events for any site_id are stored; registered: only for sites in the registry
     # (python -m sites), and browser events only from the site's domains.
     sites_mode: str = "open"

@@ -30,6 +30,7 @@ from common.logs import configure
 from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
 from processor.consumer import StreamProcessor
 from processor.health import Health, health_server
+from processor.metrics import ProcessorMetrics, metrics_server
 from processor.store import prepare_connection
 
 logger = logging.getLogger("processor")
@@ -58,8 +59,10 @@ async def run(settings: Settings, *, drain: bool, signals: EarlyStop) -> None:
 
 async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> None:
     health = Health()  # what fails, on HEALTH_PORT from the start: start-up retries too
-    async with health_server(health, settings.host, settings.health_port):
-        writers = await process_with(settings, health, drain=drain, stop=stop)
+    metrics = ProcessorMetrics()
+    with metrics_server(metrics, settings.host, settings.metrics_port):
+        async with health_server(health, settings.host, settings.health_port):
+            writers = await process_with(settings, health, metrics, drain=drain, stop=stop)
     started = [w.first_batch_at for w in writers if w.first_batch_at is not None]
     if started:
         processed = sum(w.entries_processed for w in writers)
@@ -75,7 +78,12 @@ async def process(settings: Settings, *, drain: bool, stop: asyncio.Event) -> No
 
 
 async def process_with(
-    settings: Settings, health: Health, *, drain: bool, stop: asyncio.Event
+    settings: Settings,
+    health: Health,
+    metrics: ProcessorMetrics,
+    *,
+    drain: bool,
+    stop: asyncio.Event,
 ) -> list[StreamProcessor]:
     url = settings.database_url
 
@@ -94,7 +102,7 @@ async def process_with(
     try:
         async with pool:
             writers = [
-                StreamProcessor(writer_settings(settings, number), client, pool, health)
+                StreamProcessor(writer_settings(settings, number), client, pool, health, metrics)
                 for number in range(settings.writers)
             ]
             async with asyncio.TaskGroup() as group:

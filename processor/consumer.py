@@ -42,6 +42,7 @@ from processor.decode import DecodedBatch, Entry, Row, decode_entries
 from processor.full_redis import AloneAttempts, DeadLetterWriter, GroupCreator
 from processor.health import Health
 from processor.maintenance import parse_id
+from processor.metrics import ProcessorMetrics
 from processor.store import EventStore, PartitionUnavailable, StoreResult
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,11 @@ class StreamProcessor:
         client: redis.Redis,
         pool: asyncpg.Pool,
         health: Health | None = None,
+        metrics: ProcessorMetrics | None = None,
     ):
         self._settings = settings
         self.health = Health() if health is None else health
+        self.metrics = ProcessorMetrics() if metrics is None else metrics
         self._redis = client
         self._pool = pool
         self._store = EventStore(pool, registered_only=settings.sites_mode == "registered")
@@ -217,6 +220,7 @@ class StreamProcessor:
             )
             if entries:
                 logger.info("claimed %d abandoned entries", len(entries))
+                self.metrics.claimed.inc(len(entries))
                 await self._process(entries, redelivered=True)
                 claimed += len(entries)
             if start == b"0-0":
@@ -257,11 +261,19 @@ class StreamProcessor:
         acknowledge = functools.partial(self._acknowledge, batch, dict(entries))
         self._acknowledging = asyncio.create_task(self._retrying("acknowledging", acknowledge))
         self.entries_processed += len(entries)
+        duplicates = len(batch.rows) - result.inserted - (len(batch.rejected) - undecodable)
+        self.metrics.batch(
+            entries=len(entries),
+            stored=result.inserted,
+            duplicates=duplicates,
+            dead_lettered=len(batch.rejected),
+            seconds=stored_at - started,
+        )
         logger.info(
             "batch: %d entries, %d new rows, %d duplicates, %d rejected, %.1f ms",
             len(entries),
             result.inserted,
-            len(batch.rows) - result.inserted - (len(batch.rejected) - undecodable),
+            duplicates,
             len(batch.rejected),
             (stored_at - started) * 1000,
         )
@@ -403,12 +415,20 @@ class StreamProcessor:
             await self._dead_letters.move(rejected, fields)
             await self._attempts.forget(list(rejected))
 
+    async def _measure_lag(self) -> None:
+        for group in await self._redis.xinfo_groups(self._stream):
+            if group["name"] == self._group.encode():
+                self.metrics.pending.set(group["pending"])
+                if group.get("lag") is not None:  # None where Redis cannot tell (Redis 7)
+                    self.metrics.lag.set(group["lag"])
+
     async def maintain(self) -> None:
         """Trim the stream, keep partitions ahead, apply retention: failures only logged."""
         try:
             removed = await maintenance.trim_stream(self._redis, self._stream)
             if removed:
                 logger.debug("trimmed %d acknowledged entries", removed)
+            await self._measure_lag()
             async with self._pool.acquire() as conn:
                 await maintenance.keep_partitions_ahead(conn, self._store)
                 if self._settings.retention_days:
