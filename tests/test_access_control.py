@@ -133,6 +133,32 @@ async def test_an_umami_website_id_names_its_registered_site(
     await db.execute("TRUNCATE sites")
 
 
+async def test_plausibles_route_drops_unregistered_domains_and_says_how_many(
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+    settings: Settings,
+    start_server: Callable[[Settings], str],
+) -> None:
+    """One request for two domains, one registered: one event stored, and Plausible's
+    x-plausible-dropped header counts the other, as Plausible answers for a site it does
+    not know."""
+    await db.execute("TRUNCATE sites")
+    settings = _registered(settings)
+    _ok(sites_cli(settings, "add", "a.example"))
+    body = {"n": "pageview", "u": "https://a.example/", "d": "a.example,b.example"}
+    headers = {"user-agent": CHROME, "content-type": "text/plain"}
+    async with httpx.AsyncClient(base_url=start_server(settings), headers=headers) as http:
+        await _eventually(lambda: _accepts_any(http))
+        answer = await http.post("/api/event", content=orjson.dumps(body))
+    assert (answer.status_code, answer.text) == (202, "ok")
+    assert answer.headers["x-plausible-dropped"] == "1"
+    [(_, fields)] = await redis_client.xrange(settings.stream_key)
+    assert orjson.loads(fields[EVENT_FIELD])["site_id"] == "a.example"
+    counts = await _ignored_counts(redis_client, settings)
+    assert counts["site_not_registered:b.example"] == 1
+    await db.execute("TRUNCATE sites")
+
+
 async def _accepts_any(http: httpx.AsyncClient) -> bool:
     """Whether the server has read the registry (it answers 503 until then)."""
     answer = await http.post("/event", json=_event("probe.invalid"))
