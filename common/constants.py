@@ -13,6 +13,8 @@ IGNORED_SUFFIX = ":ignored:"
 # a hash of the entries being stored one at a time: entry id -> attempts begun (see
 # processor/consumer.py), an entry's field deleted once it is handled.
 ALONE_ATTEMPTS_SUFFIX = ":alone_attempts"
+# each ingest process's metrics, "<prefix><host>:<pid>", published every second (ingest/metrics.py);
+METRICS_SUFFIX = ":metrics:"
 # a key GET /readyz writes (with a 10 s expiry) to see that Redis takes writes.
 READY_PROBE_SUFFIX = ":ready_probe"
 

@@ -10,6 +10,7 @@ from typing import TypedDict
 
 import orjson
 import redis.asyncio as redis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -28,6 +29,7 @@ from ingest.compat import PlausibleEventEndpoint, UmamiSendEndpoint
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.geo import CountryLookup
 from ingest.intake import Intake
+from ingest.metrics import IngestMetrics, MetricsPublisher, exposition
 from ingest.readiness import Readiness
 from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 class State(TypedDict):
     intake: Intake
+    metrics: MetricsPublisher
     stats_db: StatsDatabase
     reporting_access: ReportingAccess
     readiness: Readiness
@@ -61,6 +64,18 @@ def redis_client(settings: Settings) -> redis.Redis:
 async def health(request: Request) -> Response:
     """Liveness (GET /healthz, and GET /health as before): the process answers HTTP."""
     return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: the server's totals, over all its processes (ingest/metrics.py)."""
+    publisher: MetricsPublisher = request.state.metrics
+    try:
+        snapshots = await publisher.all_snapshots()
+    except (RedisError, OSError):  # Redis away: this process's own counts, still true
+        snapshots = [publisher.metrics.snapshot()]
+    backlog = request.state.intake.backlog.backlog
+    body = generate_latest(exposition(snapshots, backlog))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def ready(request: Request) -> Response:
@@ -119,7 +134,9 @@ def create_app(settings: Settings) -> IngestRouter:
             settings.stream_key,
             settings.ignored_key_prefix,
             settings.redis_timeout_ms / 1000,
+            counts,
         )
+        publisher = MetricsPublisher(client, settings.stream_key, counts)
         backlog = BacklogMonitor(
             client, settings.stream_key, settings.consumer_group, settings.max_backlog
         )
@@ -144,6 +161,7 @@ def create_app(settings: Settings) -> IngestRouter:
             settings.store_client_info,
         )
         backlog.start()
+        publisher.start()
         # Start-up objects live as long as the process: keep them out of every collection,
         # and collect young objects less often (pauses showed in the p99 latency).
         gc.collect()
@@ -155,23 +173,26 @@ def create_app(settings: Settings) -> IngestRouter:
                 "stats_db": stats_db,
                 "reporting_access": ReportingAccess(registry, settings.key_rate_limit),
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
+                "metrics": publisher,
             }
             await writer.aclose()
         finally:
+            await publisher.stop()
             admission.stop()
             await registry.aclose()
             await stats_db.aclose()
             await backlog.stop()
             await client.aclose()
 
+    counts = IngestMetrics()  # the endpoints' and the stream writer's
     posts = frozenset({"POST", "OPTIONS"})
     ingest_routes: dict[str, tuple[ASGIApp, frozenset[str]]] = {
-        "/event": (EventEndpoint(settings), posts),
-        "/events": (BatchEndpoint(settings), posts),
-        "/event.gif": (PixelEndpoint(settings), frozenset({"GET", "OPTIONS"})),
+        "/event": (EventEndpoint(settings, counts), posts),
+        "/events": (BatchEndpoint(settings, counts), posts),
+        "/event.gif": (PixelEndpoint(settings, counts), frozenset({"GET", "OPTIONS"})),
         # The trackers of others, unchanged (ingest/compat.py).
-        "/api/event": (PlausibleEventEndpoint(settings), posts),
-        "/api/send": (UmamiSendEndpoint(settings), posts),
+        "/api/event": (PlausibleEventEndpoint(settings, counts), posts),
+        "/api/send": (UmamiSendEndpoint(settings, counts), posts),
         "/script.js": (TrackerScript(), frozenset({"GET", "HEAD"})),
     }
     reporting = Starlette(
@@ -180,6 +201,7 @@ def create_app(settings: Settings) -> IngestRouter:
             Route("/health", health, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -186,6 +186,7 @@ class PlausibleEventEndpoint(IngestEndpoint):
     As Plausible does, a body of any declared type is read as JSON."""
 
     reads_any_type = True
+    route = "/api/event"
 
     def handle(self, scope: Any, body: bytes, received_at: int) -> Handled:
         try:
@@ -320,6 +321,8 @@ class UmamiSendEndpoint(IngestEndpoint):
     one, and we need none (the visitor id is made at the edge from the day's salt, the
     address and the User-Agent, visits by the processor); a token that carried ids would
     let a client choose its own."""
+
+    route = "/api/send"
 
     def handle(self, scope: Any, body: bytes, received_at: int) -> Handled:
         try:

@@ -7,6 +7,7 @@ POST /event (one JSON event), POST /events (a JSON array or NDJSON) and GET /eve
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -27,6 +28,7 @@ from ingest.asgi import (
 from ingest.client import ClientResolver
 from ingest.cors import CorsPolicy
 from ingest.intake import Intake, Overloaded
+from ingest.metrics import LATENCY_BOUNDS, IngestMetrics
 from ingest.stream_writer import StreamUnavailable
 from ingest.validation import (
     InvalidBatch,
@@ -70,8 +72,11 @@ class IngestEndpoint:
 
     reads_body = True
     reads_any_type = False  # as JSON, whatever Content-Type says (Plausible's route)
+    route = ""  # its path, as metrics name it
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: IngestMetrics):
+        self._metrics = metrics
+        self._statuses = metrics.statuses_of(self.route)  # answers by status, counted here
         self._max_body_bytes = settings.max_body_bytes
         self._max_events = settings.max_batch_events
         self._window = TimeWindow(settings.max_future_seconds, settings.max_age_seconds)
@@ -79,6 +84,7 @@ class IngestEndpoint:
         self._clients = ClientResolver(settings.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         # The request headers by (lower-case) name, built in C in one step. Of a repeated
         # header the last one counts (X-Forwarded-For: the nearest proxy's line).
         headers: dict[bytes, bytes] = dict(scope["headers"])
@@ -121,6 +127,7 @@ class IngestEndpoint:
                     if len(events) < submitted:
                         answer = self.with_ignored(answer, events, submitted)
                     await written
+                    self._metrics.events_accepted += len(events)
         except RequestError as exc:
             status, answer = exc.status, exc.body
         except ClientGone:
@@ -139,11 +146,23 @@ class IngestEndpoint:
             status, answer = 503, REGISTRY_NOT_LOADED
             extra_headers = [*cors, *RETRY_AFTER] if cors else RETRY_AFTER
         # One exit: answers are rendered to bytes, then sent (no coroutine per layer).
+        # Counted inline: a call would cost more than the counting.
+        elapsed = time.perf_counter() - started
+        metrics = self._metrics
+        self._statuses[status] += 1
+        metrics.latency_counts[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+        metrics.latency_sum += elapsed
+        if status >= 400:
+            metrics.events_rejected += self.rejected_events(status, answer)
         response_headers, content = self.render(status, answer)
         if extra_headers:
             response_headers += extra_headers
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": content})
+
+    def rejected_events(self, status: int, answer: Any) -> int:
+        """How many invalid events a 4xx answer refused (one, for a single event's 400)."""
+        return 1 if status == 400 else 0
 
     def all_ignored(self, answer: Any, submitted: int) -> Any:
         """The answer once all the request's events were ignored (a bot's, say)."""
@@ -174,6 +193,8 @@ class IngestEndpoint:
 class EventEndpoint(IngestEndpoint):
     """POST /event: one JSON event."""
 
+    route = "/event"
+
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         try:
             event = parse_event(body, received_at, self._window)
@@ -186,6 +207,8 @@ class EventEndpoint(IngestEndpoint):
 class BatchEndpoint(IngestEndpoint):
     """POST /events: valid events are accepted, invalid ones reported by index."""
 
+    route = "/events"
+
     def handle(self, scope: Scope, body: bytes, received_at: int) -> Handled:
         try:
             batch = parse_batch(body, received_at, self._max_events, self._window)
@@ -195,12 +218,20 @@ class BatchEndpoint(IngestEndpoint):
         if not batch.events:
             detail = [{"index": index, **d} for index, r in batch.rejected for d in r.detail()]
             return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
+        if batch.rejected:
+            self._metrics.events_rejected += len(batch.rejected)
         answer = {
             "accepted": len(batch.events),
             "event_ids": [event["event_id"] for event in batch.events],
             "rejected": [{"index": index, "detail": r.detail()} for index, r in batch.rejected],
         }
         return 202, answer, batch.events
+
+    def rejected_events(self, status: int, answer: Any) -> int:
+        """A batch refused whole: each of its invalid events (none, if it is no batch)."""
+        if status != 400:
+            return 0
+        return len({d["index"] for d in answer.get("detail", ()) if "index" in d})
 
     def with_ignored(self, answer: Any, kept: list[dict[str, Any]], submitted: int) -> Any:
         """Ignored events are neither accepted nor rejected: counted apart, ids left out."""
@@ -216,6 +247,8 @@ class BatchEndpoint(IngestEndpoint):
 
 class PixelEndpoint(IngestEndpoint):
     """GET /event.gif?site_id=…&event_type=…: for pages without JavaScript."""
+
+    route = "/event.gif"
 
     reads_body = False
 

@@ -22,6 +22,7 @@ from typing import Any
 import hiredis
 
 from common.constants import EVENT_FIELD
+from ingest.metrics import IngestMetrics
 from ingest.redis_pipe import RedisPipe, pack
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,16 @@ class StreamUnavailable(Exception):
 
 
 class StreamWriter:
-    def __init__(self, pipe: RedisPipe, stream_key: str, ignored_key_prefix: str, timeout_s: float):
+    def __init__(
+        self,
+        pipe: RedisPipe,
+        stream_key: str,
+        ignored_key_prefix: str,
+        timeout_s: float,
+        metrics: IngestMetrics | None = None,
+    ):
         self._pipe = pipe
+        self.metrics = IngestMetrics() if metrics is None else metrics
         # Every XADD differs only in its last argument: pack the rest once (RESP framing).
         self._xadd_prefix = pack("XADD", stream_key, "*", EVENT_FIELD, b"")[: -len(b"$0\r\n\r\n")]
         self._ignored_key_prefix = ignored_key_prefix
@@ -67,6 +76,7 @@ class StreamWriter:
         (a reason holds no colon); sent with the next write, best effort."""
         key = self._ignored_key_prefix + datetime.fromtimestamp(time.time(), UTC).date().isoformat()
         self._ignored.update((key, f"{reason}:{site}") for site in site_ids)
+        self.metrics.events_ignored[reason] += len(site_ids)
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush_while_pending())
 
@@ -101,6 +111,9 @@ class StreamWriter:
         for (key, site), count in ignored.items():  # after the XADDs: replies stay aligned
             commands.append(pack("HINCRBY", key, site, count))
             commands.append(pack("EXPIRE", key, IGNORED_TTL_S))
+        metrics = self.metrics
+        metrics.redis_writes += 1
+        metrics.events_written += sum(len(payloads) for payloads, _ in batch)
         try:
             async with asyncio.timeout(self._timeout_s):
                 replies = await self._pipe.execute(commands)

@@ -1,4 +1,4 @@
-"""What an operator runs the service by: liveness and readiness, and JSON logs."""
+"""What an operator runs the service by: liveness and readiness, metrics, JSON logs."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Settings
 from tests.conftest import POSTGRES_URL, ROOT, free_port, running_server, settings_env
 from tests.servers import PrivateRedis
+from tests.test_edge_http import CHROME
 
 
 @pytest.fixture
@@ -144,3 +146,39 @@ def test_a_log_format_out_of_its_range_stops_the_service(settings: Settings) -> 
     )
     assert result.returncode == 2
     assert b"LOG_FORMAT must be one of text, json" in result.stderr
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_ingest_metrics_move_with_traffic(http: httpx.AsyncClient) -> None:
+    browser = {"user-agent": CHROME}
+    event = {"site_id": "m", "event_type": "page_view"}
+    for _ in range(3):
+        assert (await http.post("/event", json=event, headers=browser)).status_code == 202
+    assert (await http.post("/event", json={"site_id": "m"}, headers=browser)).status_code == 400
+    bot = {"user-agent": "Googlebot/2.1"}
+    assert (await http.post("/event", json=event, headers=bot)).json()["status"] == "ignored"
+    batch = await http.post("/events", json=[event, event, {"event_type": "x"}], headers=browser)
+    assert batch.json()["accepted"] == 2
+
+    answer = await http.get("/metrics")
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = _samples(answer.text)
+    name = "analytics_ingest"
+    assert samples[f"{name}_requests_total", (("route", "/event"), ("status", "202"))] == 4
+    assert samples[f"{name}_requests_total", (("route", "/event"), ("status", "400"))] == 1
+    assert samples[f"{name}_requests_total", (("route", "/events"), ("status", "202"))] == 1
+    assert samples[f"{name}_events_accepted_total", ()] == 5
+    assert samples[f"{name}_events_ignored_total", (("reason", "bot"),)] == 1
+    assert samples[f"{name}_events_rejected_total", ()] == 2
+    assert samples[f"{name}_events_written_total", ()] == 5
+    # One after another: a write each at most (the bot's: its ignored count).
+    assert 1 <= samples[f"{name}_redis_writes_total", ()] <= 5
+    assert samples[f"{name}_request_duration_seconds_count", ()] == 6
+    assert (f"{name}_backlog", ()) in samples
