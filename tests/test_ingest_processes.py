@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import orjson
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Settings
-from common.constants import EVENT_FIELD
+from common.constants import EVENT_FIELD, METRICS_SUFFIX
 from tests.conftest import ROOT, settings_env
 from tests.test_edge_http import CHROME
 
@@ -150,3 +151,52 @@ def test_one_process_exiting_on_its_own_stops_the_others(
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def test_metrics_of_any_process_count_what_all_of_them_did(settings: Settings) -> None:
+    """A scrape reaches one process of N: it answers with the sum over all of them."""
+    settings = dataclasses.replace(settings, ingest_processes=2)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "ingest"],
+        cwd=ROOT,
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_workers(supervisor, settings.port)
+        one_request_each = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{settings.port}", timeout=10, limits=one_request_each
+        ) as http:
+            for _ in range(200):  # new connections: the kernel spreads them over both
+                answer = http.post(
+                    "/event",
+                    json={"site_id": "multi", "event_type": "page_view"},
+                    headers={"user-agent": CHROME},
+                )
+                assert answer.status_code == 202
+            deadline = time.monotonic() + 10
+            while _accepted(http.get("/metrics").text) != 200:  # each publishes every second
+                assert time.monotonic() < deadline, "the processes' counts do not add up"
+                time.sleep(0.2)
+        # Both served, each published its own part.
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{settings.stream_key}{METRICS_SUFFIX}*"))
+            parts = [orjson.loads(client.get(key))["events_accepted"] for key in keys]
+        finally:
+            client.close()
+        assert len(parts) == 2 and all(parts) and sum(parts) == 200, parts
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=30)
+
+
+def _accepted(text: str) -> float:
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "analytics_ingest_events_accepted_total"
+    )
