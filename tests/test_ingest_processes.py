@@ -130,13 +130,7 @@ def test_one_process_exiting_on_its_own_stops_the_others(
     settings: Settings,
 ) -> None:
     settings = dataclasses.replace(settings, ingest_processes=2)
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "ingest"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    supervisor = _start_quietly(settings)
     try:
         _wait_for_workers(supervisor, settings.port)
         first, second = _children(supervisor.pid)
@@ -149,6 +143,16 @@ def test_one_process_exiting_on_its_own_stops_the_others(
             supervisor.wait()
 
 
+def _start_quietly(settings: Settings) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest"],
+        cwd=ROOT,
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
@@ -156,13 +160,7 @@ def _state(pid: int) -> str:
 def test_metrics_of_any_process_count_what_all_of_them_did(settings: Settings) -> None:
     """A scrape reaches one process of N: it answers with the sum over all of them."""
     settings = dataclasses.replace(settings, ingest_processes=2)
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "ingest"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    supervisor = _start_quietly(settings)
     try:
         _wait_for_workers(supervisor, settings.port)
         one_request_each = httpx.Limits(max_keepalive_connections=0)
