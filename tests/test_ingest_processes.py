@@ -9,8 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Settings
 from common.constants import EVENT_FIELD, METRICS_SUFFIX
-from tests.conftest import ROOT, settings_env
+from tests.conftest import settings_env
+from tests.processes import Service
 from tests.test_edge_http import CHROME
 
 
@@ -36,30 +35,34 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def test_n_processes_share_the_port_and_stop_together_losing_nothing(
-    settings: Settings,
-) -> None:
+def _two_servers(settings: Settings, tmp_path: Path) -> Service:
     settings = dataclasses.replace(settings, ingest_processes=2)
-    with tempfile.TemporaryFile() as log:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "ingest"],
-            cwd=ROOT,
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return Service("ingest", settings_env(settings), tmp_path / "ingest.log")
+
+
+def _stop(service: Service) -> None:
+    """SIGTERM, which the supervisor hands on to its servers; SIGKILL if that fails."""
+    if service.process.poll() is None:
+        service.process.terminate()
         try:
-            _wait_for_workers(supervisor, settings.port)
-            before = {pid: _cpu_ticks(pid) for pid in _children(supervisor.pid)}
-            accepted = asyncio.run(_send_events_until_stopped(settings, supervisor, before))
-            assert supervisor.wait(timeout=30) == 0
-        finally:
-            if supervisor.poll() is None:
-                supervisor.kill()
-                supervisor.wait()
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    assert "started 2 server processes" in output
+            service.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+
+
+def test_n_processes_share_the_port_and_stop_together_losing_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    service = _two_servers(settings, tmp_path)
+    supervisor = service.process
+    try:
+        _wait_for_workers(supervisor, settings.port)
+        before = {pid: _cpu_ticks(pid) for pid in _children(supervisor.pid)}
+        accepted = asyncio.run(_send_events_until_stopped(settings, supervisor, before))
+        assert supervisor.wait(timeout=30) == 0
+    finally:
+        _stop(service)
+    assert "started 2 server processes" in service.output()
     client = redis.Redis.from_url(settings.redis_url)
     try:
         entries = client.xrange(settings.stream_key)
@@ -127,10 +130,10 @@ async def _send_events_until_stopped(
 
 
 def test_one_process_exiting_on_its_own_stops_the_others(
-    settings: Settings,
+    settings: Settings, tmp_path: Path
 ) -> None:
-    settings = dataclasses.replace(settings, ingest_processes=2)
-    supervisor = _start_quietly(settings)
+    service = _two_servers(settings, tmp_path)
+    supervisor = service.process
     try:
         _wait_for_workers(supervisor, settings.port)
         first, second = _children(supervisor.pid)
@@ -138,31 +141,20 @@ def test_one_process_exiting_on_its_own_stops_the_others(
         assert supervisor.wait(timeout=30) == 1
         assert not Path(f"/proc/{second}").exists() or "Z" in _state(second)
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
-
-
-def _start_quietly(settings: Settings) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingest"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        _stop(service)
 
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
-def test_metrics_of_any_process_count_what_all_of_them_did(settings: Settings) -> None:
+def test_metrics_of_any_process_count_what_all_of_them_did(
+    settings: Settings, tmp_path: Path
+) -> None:
     """A scrape reaches one process of N: it answers with the sum over all of them."""
-    settings = dataclasses.replace(settings, ingest_processes=2)
-    supervisor = _start_quietly(settings)
+    service = _two_servers(settings, tmp_path)
     try:
-        _wait_for_workers(supervisor, settings.port)
+        _wait_for_workers(service.process, settings.port)
         one_request_each = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(
             base_url=f"http://127.0.0.1:{settings.port}", timeout=10, limits=one_request_each
@@ -187,8 +179,7 @@ def test_metrics_of_any_process_count_what_all_of_them_did(settings: Settings) -
             client.close()
         assert len(parts) == 2 and all(parts) and sum(parts) == 200, parts
     finally:
-        supervisor.terminate()
-        supervisor.wait(timeout=30)
+        _stop(service)
 
 
 def _accepted(text: str) -> float:

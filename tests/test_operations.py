@@ -7,9 +7,9 @@ import dataclasses
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Settings
 from tests.conftest import POSTGRES_URL, ROOT, free_port, running_server, settings_env
+from tests.processes import Service
 from tests.servers import PrivateRedis
 from tests.test_edge_http import CHROME
 
@@ -107,13 +108,11 @@ def _json_lines(output: bytes) -> list[dict[str, Any]]:
     return records
 
 
-def test_json_logs_are_one_object_a_line(settings: Settings) -> None:
+def test_json_logs_are_one_object_a_line(settings: Settings, tmp_path: Path) -> None:
     settings = dataclasses.replace(settings, log_format="json")
     env = settings_env(settings)
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "ingest"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
+    server = Service("ingest", env, tmp_path / "ingest.log")
+    try:
         with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}") as http:
             deadline = time.monotonic() + 20
             while True:
@@ -123,10 +122,11 @@ def test_json_logs_are_one_object_a_line(settings: Settings) -> None:
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "the server did not start"
                     time.sleep(0.05)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=20) == 0
-        log.seek(0)
-        records = _json_lines(log.read())
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
+    finally:
+        server.kill()
+    records = _json_lines(server.output().encode())
     messages = [record["message"] for record in records]
     assert any("Application startup complete" in message for message in messages)
     assert any(record["logger"] == "ingest" for record in records)

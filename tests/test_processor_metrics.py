@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
-import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -18,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.config import Settings
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
-from tests.conftest import ROOT, free_port, settings_env
+from tests.conftest import free_port, settings_env
+from tests.processes import Service
 
 NOW = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 
@@ -48,16 +48,6 @@ async def _scrape_until(
         await asyncio.sleep(0.1)
 
 
-def _start_processor(settings: Settings) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "processor"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def _add(client: redis.Redis, settings: Settings, payloads: list[bytes]) -> None:
     async with client.pipeline(transaction=False) as pipe:
         for payload in payloads:
@@ -66,7 +56,7 @@ async def _add(client: redis.Redis, settings: Settings, payloads: list[bytes]) -
 
 
 async def test_metrics_move_with_what_the_processor_does(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = dataclasses.replace(settings, metrics_port=free_port(), maintenance_interval_ms=200)
     events = [
@@ -81,7 +71,7 @@ async def test_metrics_move_with_what_the_processor_does(
         for _ in range(1_000)
     ]
     await _add(redis_client, settings, [*events, *[b"not json"] * 5])
-    processor = _start_processor(settings)
+    processor = Service("processor", settings_env(settings), tmp_path / "processor.log")
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{settings.metrics_port}", timeout=5
@@ -102,6 +92,5 @@ async def test_metrics_move_with_what_the_processor_does(
             await _scrape_until(http, "analytics_processor_pending", 0)
             samples = await _scrape_until(http, "analytics_processor_consumer_lag", 0)
     finally:
-        processor.terminate()
-        await asyncio.to_thread(processor.wait, 30)
-    assert processor.returncode == 0
+        status = await processor.stop(within=30)
+    assert status == 0, processor.output()
