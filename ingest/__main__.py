@@ -59,12 +59,11 @@ def main() -> int:
     if early_stop.signum is not None:  # asked to stop while loading: nothing to undo
         logger.info("stopped before starting (signal %d)", early_stop.signum)
         return 0
-    worker = os.environ.get(WORKER_ENV)
-    if settings.ingest_processes > 1 and worker is None:
-        logger.info("starting with %r", settings)
-        return supervise(settings.ingest_processes)
+    worker = os.environ.get(WORKER_ENV)  # one of several, started by the supervisor
     if worker is None:
         logger.info("starting with %r", settings)
+        if settings.ingest_processes > 1:
+            return supervise(settings.ingest_processes)
     limits = EdgeLimits(
         header_timeout_s=settings.header_timeout_ms / 1000,
         keep_alive_s=settings.keep_alive_ms / 1000,

@@ -17,13 +17,18 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from common.constants import MAX_PROP_KEY, MAX_PROP_VALUE, MAX_PROPS, MAX_URL
+from common.constants import (
+    MAX_PROP_KEY,
+    MAX_PROP_VALUE,
+    MAX_PROPS,
+    MAX_SCREEN_WIDTH,
+    MAX_URL,
+    PAGE_VIEW,
+)
 from ingest.asgi import render_json
 from ingest.endpoints import Handled, IngestEndpoint
 from ingest.intake import Intake
 from ingest.validation import InvalidEvent, validate_event
-
-PAGE_VIEW = "page_view"
 
 # --- Plausible: POST /api/event -------------------------------------------------------
 
@@ -114,14 +119,10 @@ def _plausible_domains(domain: object, url_host: str | None) -> list[str]:
         domain = url_host or ""
     if not isinstance(domain, str):
         raise PlausibleError("domain", "is invalid")
-    domains = [_strip_www(item.strip()) for item in domain.split(",")]
+    domains = [item.strip().removeprefix("www.") for item in domain.split(",")]
     if not all(domains):
         raise PlausibleError("domain", "can't be blank")
     return list(dict.fromkeys(domains))  # one event per site, however often it is named
-
-
-def _strip_www(host: str) -> str:
-    return host[4:] if host.startswith("www.") else host
 
 
 def _plausible_props(raw: object) -> dict[str, str]:
@@ -231,17 +232,27 @@ UMAMI_MAX_NAME = 50
 _UMAMI_TYPES = ("event", "identify")
 
 
+# Our field names in Umami's payload's words, for its error answers.
+_UMAMI_FIELDS = {
+    "site_id": "website",
+    "event_type": "name",
+    "props": "data",
+    "user_id": "id",
+    "screen_width": "screen",
+}
+
+
+def _umami_bad_request(detail: list[dict[str, str]]) -> dict[str, Any]:
+    """Umami's 400, with the fields at fault (ours: Umami puts its schema's tree there)."""
+    return {
+        "error": {"message": "Bad request", "code": "bad-request", "status": 400, "detail": detail}
+    }
+
+
 class UmamiError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
-        self.body = {
-            "error": {
-                "message": "Bad request",
-                "code": "bad-request",
-                "status": 400,
-                "detail": [{"field": field, "message": message}],
-            }
-        }
+        self.body = _umami_bad_request([{"field": field, "message": message}])
 
 
 def umami_event(data: object) -> dict[str, Any] | None:
@@ -283,7 +294,7 @@ def umami_event(data: object) -> dict[str, Any] | None:
     screen = payload.get("screen")
     if isinstance(screen, str):
         width = screen.partition("x")[0]
-        if width.isdigit() and 0 < int(width) <= 100_000:
+        if width.isdigit() and 0 < int(width) <= MAX_SCREEN_WIDTH:
             fields["screen_width"] = int(width)
     event_data = payload.get("data")
     if event_data is not None:
@@ -343,17 +354,8 @@ class UmamiSendEndpoint(IngestEndpoint):
                 {"field": f"payload.{_UMAMI_FIELDS.get(e.field, e.field)}", "message": e.message}
                 for e in exc.errors
             ]
-            return 400, {"error": {**UmamiError("", "").body["error"], "detail": detail}}, []
+            return 400, _umami_bad_request(detail), []
         return 200, {"event_id": event["event_id"]}, [event]
 
     def all_ignored(self, answer: Any, submitted: int) -> Any:
         return {"beep": "boop"}  # Umami's answer to what it does not store
-
-
-_UMAMI_FIELDS = {
-    "site_id": "website",
-    "event_type": "name",
-    "props": "data",
-    "user_id": "id",
-    "screen_width": "screen",
-}

@@ -98,22 +98,23 @@ class StreamWriter:
     async def _flush(self, batch: list[_Waiter], ignored: Counter[tuple[str, str]]) -> None:
         prefix = self._xadd_prefix
         commands: list[bytes] = []
-        transactions = False
+        transactions = 0
         for payloads, _ in batch:
             if len(payloads) == 1:
                 payload = payloads[0]
                 commands.append(b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload))
             else:
-                transactions = True
+                transactions += 1
                 commands.append(_MULTI)
                 commands.extend(b"%s$%d\r\n%s\r\n" % (prefix, len(p), p) for p in payloads)
                 commands.append(_EXEC)
+        metrics = self.metrics
+        metrics.redis_writes += 1
+        # An XADD an event, and a MULTI and an EXEC around each request of several.
+        metrics.events_written += len(commands) - 2 * transactions
         for (key, site), count in ignored.items():  # after the XADDs: replies stay aligned
             commands.append(pack("HINCRBY", key, site, count))
             commands.append(pack("EXPIRE", key, IGNORED_TTL_S))
-        metrics = self.metrics
-        metrics.redis_writes += 1
-        metrics.events_written += sum(len(payloads) for payloads, _ in batch)
         try:
             async with asyncio.timeout(self._timeout_s):
                 replies = await self._pipe.execute(commands)
