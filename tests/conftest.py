@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -30,6 +31,9 @@ from common.constants import WRITTEN_TABLES
 from common.migrate import prepare_database
 from processor.consumer import StreamProcessor
 from processor.store import prepare_connection
+
+if TYPE_CHECKING:
+    from tests.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -166,6 +170,18 @@ def running_server(settings: Settings) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, for it to start (and kill, and start again)."""
+    from tests.servers import PrivateRedis  # (tests.servers imports this module)
+
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import asyncpg
 import httpx
-import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
@@ -50,15 +49,6 @@ async def test_a_backlog_over_the_limit_gets_503_until_it_is_drained(
         while (await http.post("/event", json=EVENT)).status_code != 202:
             assert time.monotonic() < deadline, "did not accept again after the drain"
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_redis_down_gives_503_quickly_and_the_server_recovers_by_itself(

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,6 @@ from tests.conftest import POSTGRES_URL, ROOT, free_port, running_server, settin
 from tests.processes import Service
 from tests.servers import PrivateRedis
 from tests.test_edge_http import CHROME
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        server.start()
-        await server.wait_until_up()
-        yield server
-    finally:
-        server.close()
 
 
 async def _ready(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
@@ -56,6 +45,8 @@ async def _until(
 async def test_readiness_flips_with_redis_while_liveness_holds(
     settings: Settings, private_redis: PrivateRedis
 ) -> None:
+    private_redis.start()
+    await private_redis.wait_until_up()
     settings = dataclasses.replace(settings, redis_url=private_redis.url)
     with running_server(settings) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
