@@ -51,6 +51,11 @@ MAX_SITE_ID = 128
 MAX_EVENT_TYPE = 480
 MAX_PATH = 2048
 MAX_USER_ID = 256
+# Memos keyed by User-Agents (the edge's bot check, the processor's parse) are bounded in
+# bytes, not only in entries: only agents of at most this many characters are remembered
+# (browsers' are 100 to 400), at most this many of them; a longer one is worked out each time.
+AGENT_MEMO_MAX_LENGTH = 512
+AGENT_MEMO_ENTRIES = 16_384
 # The page URL and referrer an event may carry (Plausible's limit for a URL), and its
 # custom properties (Plausible's limits: 30 of them, keys 300 bytes, values 2,000).
 MAX_URL = 2000

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import re
 
+from common.constants import AGENT_MEMO_ENTRIES, AGENT_MEMO_MAX_LENGTH
+
 # Substrings of the lower-cased User-Agent. "bot" alone would also match phones (CUBOT),
 # so crawlers that say so are caught by the regular expression below instead.
 _BOT_MARKERS = (
@@ -64,12 +66,11 @@ _SAYS_BOT = re.compile(r"bot(?:[/_\-;)]|$)")
 _NOT_BOTS = ("cubot",)
 
 
-# The memo is bounded in bytes, not only in entries: only agents of at most this many
-# characters are kept (browsers' are 100 to 300), so it holds at most 16,384 x 512 bytes
-# of keys, about 10 MB with their overhead. A longer one is checked each time it comes:
-# a few microseconds, and the edge limits a request's headers to 16 KiB.
-MEMO_MAX_AGENT = 512
-MEMO_ENTRIES = 16_384
+# The memo holds at most AGENT_MEMO_ENTRIES x AGENT_MEMO_MAX_LENGTH bytes of keys, about
+# 10 MB with their overhead. A longer agent is checked each time it comes: a few
+# microseconds, and the edge limits a request's headers to 16 KiB.
+MEMO_MAX_AGENT = AGENT_MEMO_MAX_LENGTH
+MEMO_ENTRIES = AGENT_MEMO_ENTRIES
 
 
 def is_bot(user_agent: str) -> bool:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from ua_parser import Domain, Resolver, load_builtins, load_lazy_builtins
 
+from common.constants import AGENT_MEMO_ENTRIES, AGENT_MEMO_MAX_LENGTH
 from processor.urls import storable
 
 # Plenty for a browser's family name or a version; uap-core takes some from the agent itself.
@@ -22,11 +23,11 @@ MAX_NAME = 128
 # expression's time grows with its input (16 KiB cost 0.5 ms with the accelerator, 50 ms without).
 MAX_PARSED = 1024
 
-# The memo is bounded in bytes, not only in entries, as ingest/bots.py's is: only agents of at
-# most this many characters are kept, so it holds at most 16,384 x 512 bytes of keys, about
-# 14 MB with the results (measured: docs/enrichment.md). A longer agent is parsed each time.
-MEMO_MAX_AGENT = 512
-MEMO_ENTRIES = 16_384
+# The memo is bounded as ingest/bots.py's is (common/constants.py): at most 16,384 x 512
+# bytes of keys, about 14 MB with the results (measured: docs/enrichment.md). A longer agent
+# is parsed each time.
+MEMO_MAX_AGENT = AGENT_MEMO_MAX_LENGTH
+MEMO_ENTRIES = AGENT_MEMO_ENTRIES
 
 # CSS pixels of the screen: Plausible's breakpoints, less its "Laptop" (992 and wider is Desktop).
 MOBILE_BELOW = 576
