@@ -41,6 +41,7 @@ up: $(STAMP)
 ## test: the whole suite against the local Redis and PostgreSQL
 test: $(STAMP) preflight
 	@scripts/install-package.sh chromium
+	@scripts/install-package.sh npm
 	$(BIN)/pytest
 
 ## chaos: only the fault-injection scenarios (also part of `make test`); each asserts exact counts

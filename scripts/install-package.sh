@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs a command the Makefile needs from the machine's packages, where it is missing:
 # `make test` needs chromium (the browser tests drive Debian's build through Playwright,
-# never `playwright install`, which would download its own), `make bench` needs wrk.
+# never `playwright install`, which would download its own) and npm (the compatibility
+# tests fetch Plausible's and Umami's clients with it), `make bench` needs wrk.
 #   scripts/install-package.sh COMMAND [PACKAGE]   (PACKAGE: COMMAND's own name by default)
 set -euo pipefail
 command=$1
