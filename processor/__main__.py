@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import sys
 import time
@@ -97,6 +98,12 @@ async def process_with(
     await until_done("preparing the database", lambda: prepare_database(url))
     pool = await until_done("opening the connection pool", lambda: create_pool(settings))
     logger.info("database ready: starting %d writers", settings.writers)
+    # Start-up objects (parsers' tables, memos) live as long as the process: keep them out
+    # of every collection, and collect young objects less often: a batch makes thousands
+    # of short-lived tuples (docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     # Blocking reads must end before the socket times out.
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
     try:

@@ -72,7 +72,21 @@ def page_and_origin(url: str | None, referrer: str | None) -> tuple[PageParts, O
     page = _NO_PAGE if url is None else page_of(url)
     if url is None and referrer is None:
         return page, NO_ORIGIN
+    if referrer is not None and url is not None and _same_origin(url, referrer):
+        # Another page of the same site (most page views after the first): it tells
+        # nothing of where the visit came from. Checked here, before the memo keyed by
+        # (page, referrer), which such pairs, all different, would only churn.
+        referrer = None
     return page, origin_of(page, referrer)
+
+
+def _same_origin(url: str, referrer: str) -> bool:
+    """Whether both start with the same scheme and host, written alike (the rest of what
+    makes a referrer internal, case and www., is visit_source's)."""
+    if not url.startswith(("https://", "http://")):
+        return False
+    end = url.find("/", 8)
+    return referrer.startswith(url[: end + 1]) if end != -1 else referrer.startswith(url + "/")
 
 
 __all__ = ["NO_ORIGIN", "Origin", "client_of", "page_and_origin"]

@@ -15,6 +15,7 @@ from common.constants import MAX_PATH
 from common.text import text_fault
 from ingest.geo import CountryLookup
 from processor import sources, useragents
+from processor.enrich import page_and_origin
 from processor.sources import load_referers, name_of_host, visit_source
 from processor.urls import MAX_FIELD, PageParts, page_parts, storable
 from processor.useragents import Client, client_of
@@ -283,6 +284,30 @@ def test_referrers_are_named_by_their_known_source_or_host(
 )
 def test_internal_local_and_invalid_referrers_are_direct(referrer: str | None, page: str) -> None:
     assert visit_source(referrer, page, None) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "referrer"),
+    [
+        ("https://shop.example/b", "https://shop.example/a"),
+        ("https://shop.example/b?utm_source=mail", "https://shop.example/"),
+        ("https://shop.example", "https://shop.example/a?q=1"),
+        # Not the same origin as written, though internal: left to visit_source.
+        ("https://shop.example/b", "https://WWW.shop.example/a"),
+        # Another site whose name begins like this one's.
+        ("https://shop.example/b", "https://shop.example.evil.net/a"),
+        ("https://shop.example", "https://shop.example.evil.net/"),
+        ("/b", "https://shop.example/a"),
+    ],
+)
+def test_a_referrer_of_the_same_origin_is_skipped_as_visit_source_would(
+    url: str, referrer: str
+) -> None:
+    """page_and_origin passes over a referrer of the page's own scheme and host before
+    its memo: the origin is what the full derivation gives."""
+    page, origin = page_and_origin(url, referrer)
+    source, stored_referrer = visit_source(referrer, page.hostname, page.utm_source)
+    assert (origin.source, origin.referrer) == (source, stored_referrer)
 
 
 @pytest.mark.parametrize(
