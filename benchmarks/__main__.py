@@ -3,7 +3,8 @@
 Starts what it needs with settings of its own (a database and a stream key made for the
 run), pins the service to one core and wrk to the other where the machine allows it,
 and removes what it made. BENCH_ROUNDS (3), BENCH_SECONDS (8) and BENCH_EVENTS (200000)
-bound the run; BENCH_STEPS (e.g. "ingest_single,processing"; "poison": the processor with
+bound the run; BENCH_STEPS (e.g. "ingest_single,processing"; "ingest_processes": single events with
+INGEST_PROCESSES=2 against one process on the same core; "poison": the processor with
 0.5% unstorable entries against the same drain without them) picks steps; BENCH_RESULTS
 names another folder for the results than benchmarks/results.
 """
@@ -34,6 +35,7 @@ from common.migrate import prepare_database
 RESULTS_DIR = ROOT / "benchmarks" / "results"  # or BENCH_RESULTS, e.g. for a trial run
 ALL_STEPS = (
     "ingest_single",
+    "ingest_processes",
     "ingest_batch",
     "processing",
     "poison",
@@ -94,6 +96,8 @@ def main() -> int:
                 print(f"== {step} ...", file=sys.stderr, flush=True)
                 if step == "ingest_single":
                     results[step] = steps.ingest(ctx, events_per_request=1)
+                elif step == "ingest_processes":
+                    results[step] = steps.ingest_processes(ctx)
                 elif step == "ingest_batch":
                     results[step] = steps.ingest(ctx, events_per_request=100)
                 elif step == "processing":

@@ -37,6 +37,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    spread = results.get("ingest_processes")
+    if spread:
+        table.append(
+            (
+                f"1b. the same, INGEST_PROCESSES={spread['processes']} sharing the one core",
+                f"{spread['requests_per_s']['median']:,.0f} req/s, "
+                f"p99 {spread['p99_ms']['median']:.2f} ms",
+                f"one process {spread['reference_requests_per_s']['median']:,.0f} req/s",
+                f"{spread['ratio']:.2f}",
+            )
+        )
     batch = results.get("ingest_batch")
     if batch:
         table.append(

@@ -108,6 +108,34 @@ def ingest(ctx: BenchContext, *, events_per_request: int) -> dict[str, Any]:
     return figures
 
 
+def ingest_processes(ctx: BenchContext, processes: int = 2) -> dict[str, Any]:
+    """Single events with INGEST_PROCESSES=`processes` against one process, on the same
+    one core (the other is wrk's): what running several costs there. A machine with a
+    core per process would show what they add; this one cannot."""
+    body = orjson.dumps(data.request_body(random.Random(7)))
+    script = wrk.lua_script(method="POST", body=body)
+    one: list[wrk.WrkResult] = []
+    many: list[wrk.WrkResult] = []
+    for round_number in range(ctx.rounds):
+        # Alternate which goes first, so that a drifting machine favours neither.
+        for count in (1, processes) if round_number % 2 == 0 else (processes, 1):
+            ctx.reset()
+            port, server = _serve(
+                ctx, "ingest", f"ingest-{count}", max_backlog=10**9, ingest_processes=count
+            )
+            with server:
+                result = _load(ctx, port, "/event", script, events_per_request=1)
+            (one if count == 1 else many).append(result)
+    ctx.reset()
+    return {
+        "processes": processes,
+        "requests_per_s": summary([r.rate for r in many]),
+        "p99_ms": summary([r.p99_ms for r in many]),
+        "reference_requests_per_s": summary([r.rate for r in one]),
+        "ratio": median([m.rate / o.rate for m, o in zip(many, one, strict=True)]),
+    }
+
+
 def _paced_latency(ctx: BenchContext, path: str, body: bytes, rate: float) -> dict[str, Any]:
     """p99 with the load held at a set rate. wrk paces each connection with a delay before
     each request, so a connection's cycle is its delay plus the request's latency: the
