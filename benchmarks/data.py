@@ -84,7 +84,7 @@ def stream_payloads(count: int, seed: int = 1) -> tuple[list[bytes], int]:
 
 
 SITE_WEIGHTS = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(SITES))))
-VISIT_WINDOW_S = 7_200  # visits start within two hours, ending an hour ago
+VISIT_WINDOW_S = 7_200  # visits start in the two hours up to an hour ago
 MEAN_PAGES = 3
 MEAN_GAP_S = 60
 RETURN_SHARE = 0.05  # visits followed by another of the same visitor after a long gap
