@@ -38,6 +38,7 @@ ALL_STEPS = (
     "ingest_processes",
     "ingest_batch",
     "processing",
+    "processing_visits",
     "poison",
     "freshness",
     "reporting",
@@ -68,7 +69,11 @@ def main() -> int:
     seconds = int(os.environ.get("BENCH_SECONDS", "8"))
     events = int(os.environ.get("BENCH_EVENTS", "200000"))
     chosen = os.environ.get("BENCH_STEPS", ",".join(ALL_STEPS)).split(",")
-    if set(chosen) - {"processing", "poison"}:  # the others load a server with wrk
+    if set(chosen) - {
+        "processing",
+        "processing_visits",
+        "poison",
+    }:  # the others load a server with wrk
         wrk.ensure_installed()
     base = Settings.from_env()
     database = f"analytics_bench_{uuid.uuid4().hex[:8]}"
@@ -102,6 +107,8 @@ def main() -> int:
                     results[step] = steps.ingest(ctx, events_per_request=100)
                 elif step == "processing":
                     results[step] = steps.processing(ctx, events)
+                elif step == "processing_visits":
+                    results[step] = steps.processing(ctx, events, count_visits=True)
                 elif step == "poison":
                     results[step] = steps.poison(ctx, events)
                 elif step == "freshness":

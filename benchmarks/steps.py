@@ -173,8 +173,10 @@ def _paced_latency(ctx: BenchContext, path: str, body: bytes, rate: float) -> di
 PROCESSED = re.compile(rb"processed (\d+) entries in ([\d.]+) s")
 
 
-def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
-    """One processor draining a preloaded backlog, beside a raw COPY of the same rows."""
+def processing(ctx: BenchContext, events: int, *, count_visits: bool = False) -> dict[str, Any]:
+    """One processor draining a preloaded backlog, beside a raw COPY of the same rows;
+    with `count_visits`, counting visits and dimensions too (folding every visit before
+    it reports its rate)."""
     payloads, views = data.stream_payloads(events)
     batch_size = ctx.settings.batch_size
     rows = decode_entries([(b"0-0", {EVENT_FIELD: p}) for p in payloads]).rows
@@ -182,10 +184,11 @@ def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
     copies: list[float] = []
     rss: list[float] = []
     for round_number in range(ctx.rounds):
-        rate, peak_rss_mb = _drain(ctx, payloads, f"processor-{round_number}")
+        name = f"processor{'-visits' if count_visits else ''}-{round_number}"
+        rate, peak_rss_mb = _drain(ctx, payloads, name, count_visits=count_visits)
         ours.append(rate)
         rss.append(peak_rss_mb)
-        _check_processed(ctx, events, views)
+        _check_processed(ctx, events, views, count_visits=count_visits)
         copies.append(ctx.with_db(lambda conn: _raw_copy(conn, rows, batch_size)))
     return {
         "events": events,
@@ -197,14 +200,16 @@ def processing(ctx: BenchContext, events: int) -> dict[str, Any]:
     }
 
 
-def _drain(ctx: BenchContext, payloads: list[bytes], name: str) -> tuple[float, float]:
+def _drain(
+    ctx: BenchContext, payloads: list[bytes], name: str, *, count_visits: bool = False
+) -> tuple[float, float]:
     """Empty tables and stream, preload the payloads, and drain them with one processor:
     (entries/s from its first batch, as it logs it; its peak RSS in MB)."""
     ctx.reset()
     _preload(ctx, payloads)
     log_path = ctx.log_dir / f"{name}.log"
     command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
-    processor = Measured(command, ctx.env(log_level="INFO"), log_path)
+    processor = Measured(command, ctx.env(log_level="INFO", count_visits=count_visits), log_path)
     if processor.wait(timeout=600) != 0:
         raise processor.failure("failed")
     assert processor.peak_rss_mb is not None
@@ -265,17 +270,26 @@ def _preload(ctx: BenchContext, payloads: list[bytes]) -> None:
         pipe.execute()
 
 
-def _check_processed(ctx: BenchContext, events: int, views: int) -> None:
-    async def figures(conn: asyncpg.Connection) -> tuple[int, int]:
+def _check_processed(
+    ctx: BenchContext, events: int, views: int, *, count_visits: bool = False
+) -> None:
+    async def figures(conn: asyncpg.Connection) -> tuple[int, int, int, int]:
         stored = await conn.fetchval("SELECT count(*) FROM events")
         counted = await conn.fetchval("SELECT coalesce(sum(total_views), 0) FROM daily_site_stats")
-        return stored, counted
+        visits = await conn.fetchval("SELECT coalesce(sum(visits), 0) FROM daily_site_stats")
+        folded = await conn.fetchval(
+            "SELECT coalesce(sum(visits), 0) FROM daily_dimension_stats"
+            " WHERE dimension = 'visit:device'"
+        )
+        return stored, counted, visits, folded
 
-    stored, counted = ctx.with_db(figures)
+    stored, counted, visits, folded = ctx.with_db(figures)
     if (stored, counted) != (events, views):
         raise AssertionError(
             f"stored {stored} of {events} events, counted {counted} of {views} views"
         )
+    if count_visits and not 0 < visits == folded:
+        raise AssertionError(f"{visits} visits counted, {folded} of them folded")
 
 
 async def _raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) -> float:
@@ -438,9 +452,9 @@ async def _seed_report_day(conn: asyncpg.Connection, site: str, day: date) -> No
         columns=("site_id", "date", "path", "views"),
     )
     await conn.copy_records_to_table(
-        "daily_site_users",
-        records=[(site, day, f"user-{i}") for i in range(100_000)],
-        columns=("site_id", "date", "user_id"),
+        "visitor_days",
+        records=[(site, day, uuid.UUID(int=i)) for i in range(100_000)],
+        columns=("site_id", "date", "visitor"),
     )
     await conn.execute(
         "INSERT INTO daily_site_stats (site_id, date, total_views, unique_users) "

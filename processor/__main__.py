@@ -30,9 +30,10 @@ from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
 from processor.consumer import StreamProcessor
+from processor.folding import ALL_DAYS, EVERYTHING, Folder
 from processor.health import Health, health_server
 from processor.metrics import ProcessorMetrics, metrics_server
-from processor.store import prepare_connection
+from processor.store import Counting, prepare_connection
 
 logger = logging.getLogger("processor")
 
@@ -108,15 +109,29 @@ async def process_with(
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
     try:
         async with pool:
+            # Shared by the writers and the folder: what is due to be folded, memos.
+            counting = Counting(visits=settings.count_visits)
             writers = [
-                StreamProcessor(writer_settings(settings, number), client, pool, health, metrics)
+                StreamProcessor(
+                    writer_settings(settings, number), client, pool, health, metrics, counting
+                )
                 for number in range(settings.writers)
             ]
+            folder = Folder(pool, counting, settings.fold_interval_ms / 1000, health)
+            writers_done = asyncio.Event()
             async with asyncio.TaskGroup() as group:
-                for number, writer in enumerate(writers):
+                running = [
                     group.create_task(writer.run(stop, drain=drain, maintain=number == 0))
-            if drain:  # trim what the writers acknowledged
+                    for number, writer in enumerate(writers)
+                ]
+                if settings.count_visits:
+                    group.create_task(folder.run(writers_done))
+                await asyncio.wait(running)
+                writers_done.set()
+            if drain:  # trim what the writers acknowledged, and fold every visit
                 await writers[0].maintain()
+                if settings.count_visits:
+                    await folder.fold(EVERYTHING, sweep_from=ALL_DAYS)
     finally:
         await client.aclose()
     return writers
@@ -124,7 +139,10 @@ async def process_with(
 
 def create_pool(settings: Settings) -> Awaitable[asyncpg.Pool]:
     return asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=settings.writers, init=prepare_connection
+        settings.database_url,
+        min_size=1,
+        max_size=settings.writers + 1,  # and one to fold with
+        init=prepare_connection,
     )
 
 

@@ -43,7 +43,7 @@ from processor.full_redis import AloneAttempts, DeadLetterWriter, GroupCreator
 from processor.health import Health
 from processor.maintenance import parse_id
 from processor.metrics import ProcessorMetrics
-from processor.store import EventStore, PartitionUnavailable, StoreResult
+from processor.store import Counting, EventStore, PartitionUnavailable, StoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,17 @@ class StreamProcessor:
         pool: asyncpg.Pool,
         health: Health | None = None,
         metrics: ProcessorMetrics | None = None,
+        counting: Counting | None = None,
     ):
         self._settings = settings
         self.health = Health() if health is None else health
         self.metrics = ProcessorMetrics() if metrics is None else metrics
         self._redis = client
         self._pool = pool
-        self._store = EventStore(pool, registered_only=settings.sites_mode == "registered")
+        self.counting = counting or Counting(visits=settings.count_visits)
+        self._store = EventStore(
+            pool, registered_only=settings.sites_mode == "registered", counting=self.counting
+        )
         self._group_creator = GroupCreator(client, settings.stream_key, settings.consumer_group)
         self._attempts = AloneAttempts(client, settings.alone_attempts_key)
         self._dead_letters = DeadLetterWriter(

@@ -165,7 +165,7 @@ def _props(value: Any) -> str:
 def _uuid(value: Any, key: str) -> str:
     if not isinstance(value, str) or _UUID.fullmatch(value) is None:
         raise UndecodableEntry(f"{key}: not a UUID")
-    return value
+    return value.lower()  # as PostgreSQL reads it back: one spelling per id
 
 
 def _ip(value: Any) -> IPv4Address | IPv6Address:

@@ -15,9 +15,21 @@ from datetime import date
 import asyncpg
 
 from common.constants import MICROS_PER_DAY, PAGE_VIEW, STAGING_TABLE
+from processor.counting import BatchCount, VisitorDay, VisitorDayRows, count_events
+from processor.days import LocalDays, VisitorKeys
 from processor.decode import COLUMNS, Row
 from processor.enrich import Origin
+from processor.rollups import (
+    APPLY,
+    CREATE_CHANGE_TABLES,
+    CREATE_VISITOR_DAYS,
+    LOCK_VISITOR_DAYS,
+    ROLLUP_CHANGES,
+    VISITOR_DAY_WRITES,
+    RollupChanges,
+)
 from processor.useragents import Client
+from processor.visits import merge
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +66,14 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
 _COLUMN_LIST = ", ".join(f'"{column}"' for column in COLUMNS)
 _STAGED_COLUMNS = ", ".join(f's."{column}"' for column in COLUMNS)
 
+# Stores the staged events whose (site, event_id) is new; counts them ($1: how many were
+# staged, all distinct) and names the rest only when some were stored before; and gives
+# the time zones of the batch's sites ($2) that have one other than UTC.
 STORE_STAGED = f"""
 WITH new_ids AS (
     -- The idempotency check: only (site, event_id) pairs never stored before go on.
     INSERT INTO event_ids (event_id, site_id, date)
-    SELECT DISTINCT ON (event_id, site_id) event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
+    SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
     FROM {STAGING_TABLE}
     ORDER BY event_id, site_id
     ON CONFLICT (event_id, site_id) DO NOTHING
@@ -66,63 +81,94 @@ WITH new_ids AS (
 ),
 inserted AS (
     INSERT INTO events ({_COLUMN_LIST})
-    -- DISTINCT ON: a batch may hold the same event twice (a client's retry).
-    SELECT DISTINCT ON (s.event_id, s.site_id) {_STAGED_COLUMNS}
+    SELECT {_STAGED_COLUMNS}
     FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)
-    ORDER BY s.event_id, s.site_id
-    RETURNING site_id, event_type, path, user_id, visitor_id,
-        ("timestamp" AT TIME ZONE 'UTC')::date AS date
+    RETURNING 1
 ),
-new_users AS (
-    INSERT INTO daily_site_users (site_id, date, user_id)
-    SELECT DISTINCT site_id, date, user_id FROM inserted
-    WHERE user_id IS NOT NULL
-    ORDER BY site_id, date, user_id
-    ON CONFLICT DO NOTHING
-    RETURNING site_id, date
+inserted_count AS (SELECT count(*) AS n FROM inserted),
+stored_before AS (
+    SELECT s.site_id, s.event_id::text FROM {STAGING_TABLE} AS s
+    WHERE NOT EXISTS (
+        SELECT FROM new_ids AS n WHERE n.event_id = s.event_id AND n.site_id = s.site_id
+    )
 ),
--- Visitors known only by their hash (no user_id) are counted beside the users.
+zones AS (
+    SELECT site_id, time_zone FROM sites
+    WHERE site_id = ANY($2::text[]) AND time_zone <> 'UTC'
+)
+SELECT (SELECT n FROM inserted_count) AS inserted,
+    CASE WHEN (SELECT n FROM inserted_count) < $1
+        THEN (SELECT array_agg(site_id || ' ' || event_id) FROM stored_before)
+    END AS stored_before,
+    (SELECT array_agg(site_id) FROM zones) AS zone_sites,
+    (SELECT array_agg(time_zone) FROM zones) AS zone_names
+"""
+
+
+# Without visits, the whole batch in one statement: the events new to `event_ids` stored,
+# and counted on the day of their site's time zone: page views and events of the site and
+# the page, and the visitor-days new to `visitor_days` as visitors.
+STORE_AND_COUNT = f"""
+WITH new_ids AS (
+    INSERT INTO event_ids (event_id, site_id, date)
+    SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
+    FROM {STAGING_TABLE}
+    ORDER BY event_id, site_id
+    ON CONFLICT (event_id, site_id) DO NOTHING
+    RETURNING event_id, site_id
+),
+inserted AS (
+    INSERT INTO events ({_COLUMN_LIST})
+    SELECT {_STAGED_COLUMNS}
+    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)
+    RETURNING site_id, event_type, path, visitor_key(user_id, visitor_id) AS visitor,
+        "timestamp"
+),
+counted AS (
+    SELECT i.site_id, i.event_type, i.path, i.visitor,
+        (i."timestamp" AT TIME ZONE coalesce(z.time_zone, 'UTC'))::date AS date
+    FROM inserted AS i LEFT JOIN sites AS z USING (site_id)
+),
 new_visitors AS (
-    INSERT INTO daily_site_visitors (site_id, date, visitor_id)
-    SELECT DISTINCT site_id, date, visitor_id FROM inserted
-    WHERE user_id IS NULL AND visitor_id IS NOT NULL
-    ORDER BY site_id, date, visitor_id
+    INSERT INTO visitor_days (site_id, date, visitor)
+    SELECT DISTINCT site_id, date, visitor FROM counted
+    WHERE visitor IS NOT NULL
+    ORDER BY site_id, date, visitor
     ON CONFLICT DO NOTHING
     RETURNING site_id, date
 ),
-views_per_day AS (
-    SELECT site_id, date, count(*) AS views FROM inserted
-    WHERE event_type = '{PAGE_VIEW}'
-    GROUP BY site_id, date
+per_day AS (
+    SELECT site_id, date, count(*) FILTER (WHERE event_type = '{PAGE_VIEW}') AS views,
+        count(*) AS events
+    FROM counted GROUP BY site_id, date
 ),
-users_per_day AS (
-    SELECT site_id, date, count(*) AS users
-    FROM (SELECT * FROM new_users UNION ALL SELECT * FROM new_visitors) AS newcomers
-    GROUP BY site_id, date
+visitors_per_day AS (
+    SELECT site_id, date, count(*) AS visitors FROM new_visitors GROUP BY site_id, date
 ),
 -- Neither stats nor paths is read by the final SELECT: PostgreSQL runs such writes after
 -- it, the later-declared first (ExecPostprocessPlan), so stats, declared before paths,
 -- runs last. Every batch updates the same few rows here and concurrent writers wait on
 -- each other's locks of them until commit: the later they are taken, the shorter that wait.
 stats AS (
-    INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
-    SELECT site_id, date, coalesce(v.views, 0), coalesce(u.users, 0)
-    FROM views_per_day AS v FULL JOIN users_per_day AS u USING (site_id, date)
+    INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users, events)
+    SELECT site_id, date, coalesce(d.views, 0), coalesce(v.visitors, 0), coalesce(d.events, 0)
+    FROM per_day AS d FULL JOIN visitors_per_day AS v USING (site_id, date)
     ORDER BY site_id, date
     ON CONFLICT (site_id, date) DO UPDATE
     SET total_views = s.total_views + excluded.total_views,
-        unique_users = s.unique_users + excluded.unique_users
+        unique_users = s.unique_users + excluded.unique_users,
+        events = s.events + excluded.events
 ),
 paths AS (
     INSERT INTO daily_site_path_counts AS p (site_id, date, path, views)
-    SELECT site_id, date, path, count(*) FROM inserted
+    SELECT site_id, date, path, count(*) FROM counted
     WHERE event_type = '{PAGE_VIEW}'
     GROUP BY site_id, date, path
     ORDER BY site_id, date, path
     ON CONFLICT (site_id, date, path) DO UPDATE SET views = p.views + excluded.views
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted,
-    (SELECT count(*) FROM new_users) + (SELECT count(*) FROM new_visitors) AS new_users
+    (SELECT count(*) FROM new_visitors) AS new_users
 """
 
 
@@ -136,7 +182,11 @@ WITH registered AS (
     ORDER BY site_id
     FOR KEY SHARE
 )
-DELETE FROM {STAGING_TABLE} WHERE site_id NOT IN (SELECT site_id FROM registered)
+, dropped AS (
+    DELETE FROM {STAGING_TABLE} WHERE site_id NOT IN (SELECT site_id FROM registered)
+    RETURNING site_id
+)
+SELECT count(*), array_agg(DISTINCT site_id) FROM dropped
 """
 
 
@@ -159,17 +209,26 @@ class EventStore:
     process) shows as a missing partition, which clears the memory and retries once.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, registered_only: bool = False):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        registered_only: bool = False,
+        counting: Counting | None = None,
+    ):
         self._pool = pool
         self._registered_only = registered_only
         self._months: set[date] = set()
+        self._counting = counting or Counting()
 
     async def store(self, rows: list[Row]) -> StoreResult:
         async with self._pool.acquire() as conn:
             for attempt in (1, 2):
                 await self._ensure_partitions(conn, rows)
                 try:
-                    return await store_rows(conn, rows, registered_only=self._registered_only)
+                    return await store_rows(
+                        conn, rows, registered_only=self._registered_only, counting=self._counting
+                    )
                 except asyncpg.CheckViolationError as exc:
                     if "no partition" not in str(exc):
                         raise
@@ -216,6 +275,7 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     stream carries them (no datetime built per value on either side)."""
     await use_epoch_micros(conn)
     await conn.execute(CREATE_STAGING)
+    await conn.execute(CREATE_CHANGE_TABLES)
 
 
 async def use_epoch_micros(conn: asyncpg.Connection) -> None:
@@ -229,15 +289,115 @@ async def use_epoch_micros(conn: asyncpg.Connection) -> None:
 
 
 async def store_rows(
-    conn: asyncpg.Connection, rows: list[Row], *, registered_only: bool = False
+    conn: asyncpg.Connection,
+    rows: list[Row],
+    *,
+    registered_only: bool = False,
+    counting: Counting | None = None,
 ) -> StoreResult:
+    """Store the rows and count the new ones, in one transaction: COPY to staging, store
+    the events new to `event_ids`, lock their visitor-days (returning their visits so
+    far), count, and apply the changes to every rollup."""
+    counting = counting or Counting()
+    rows = list({(row[1], row[0]): row for row in rows}.values())  # a client's retries
     async with conn.transaction():
         await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=COLUMNS)
         if registered_only:
-            status = await conn.execute(DROP_UNREGISTERED)
-            dropped = int(status.split()[-1])
+            dropped, dropped_sites = await conn.fetchrow(DROP_UNREGISTERED)
             if dropped:
                 logger.info("dropped %d events of sites not registered", dropped)
-        record = await conn.fetchrow(STORE_STAGED)
-    assert record is not None
-    return StoreResult(inserted=record["inserted"], new_users=record["new_users"])
+                gone = set(dropped_sites)
+                rows = [row for row in rows if row[1] not in gone]
+        if not counting.visits:
+            counted = await conn.fetchrow(STORE_AND_COUNT)
+            assert counted is not None
+            return StoreResult(inserted=counted["inserted"], new_users=counted["new_users"])
+        record = await conn.fetchrow(STORE_STAGED, len(rows), list({row[1] for row in rows}))
+        assert record is not None
+        if record["stored_before"]:
+            before = set(record["stored_before"])
+            rows = [row for row in rows if f"{row[1]} {row[0]}" not in before]
+        zones = dict(zip(record["zone_sites"] or (), record["zone_names"] or (), strict=True))
+        batch = count_events(
+            rows,
+            zones,
+            counting.local_days,
+            counting.visitor_keys,
+            known=counting.due,
+        )
+        written = await _count_visitor_days(conn, batch) if batch.visitor_days else None
+        await apply_changes(conn, batch.changes, written or VisitorDayRows())
+    if written is not None:
+        counting.remember_due(batch.fresh, written)
+    counting.newest = max(counting.newest, max((row[5] for row in rows), default=0))
+    return StoreResult(inserted=record["inserted"], new_users=batch.changes.new_visitors())
+
+
+# About 200 bytes each: at most some 40 MB.
+MAX_REMEMBERED_DUE = 200_000
+
+
+@dataclasses.dataclass(slots=True)
+class Counting:
+    """How a processor counts (with visits or not), and what it remembers between
+    batches: time zone offsets, user_id hashes, visitor-days due to be folded."""
+
+    visits: bool = False
+
+    local_days: LocalDays = dataclasses.field(default_factory=LocalDays)
+    visitor_keys: VisitorKeys = dataclasses.field(default_factory=VisitorKeys)
+    newest: int = 0  # the latest event time stored, microseconds since 1970 (folding.py)
+    # Visitor-days written since they were last folded, and when their last visit ends.
+    due: dict[VisitorDay, int] = dataclasses.field(default_factory=dict)
+
+    def remember_due(self, *written: VisitorDayRows) -> None:
+        """Bounded: a processor that cannot remember them all leaves the rest to the
+        sweep for them (folding.py), which finds them in the table."""
+        for rows in written:
+            for key, open_until in zip(rows.keys(), rows.open_until(), strict=True):
+                if key in self.due or len(self.due) < MAX_REMEMBERED_DUE:
+                    self.due[key] = open_until
+
+
+async def _count_visitor_days(conn: asyncpg.Connection, batch: BatchCount) -> VisitorDayRows:
+    """Create the batch's new visitor-days and count them; lock the others, count what
+    the batch adds to them, and return them to write."""
+    created: set[VisitorDay] = set()
+    if batch.fresh.records:
+        await copy_visitor_days(conn, batch.fresh)
+        created = {
+            (r["site_id"], r["day"], r["visitor"]) for r in await conn.fetch(CREATE_VISITOR_DAYS)
+        }
+    batch.count_created(created)
+    rest = [key for key in batch.visitor_days if key not in created]
+    if not rest:
+        return VisitorDayRows()
+    records = await conn.fetch(
+        LOCK_VISITOR_DAYS, [k[0] for k in rest], [k[1] for k in rest], [k[2] for k in rest]
+    )
+    locked = [
+        ((r["site_id"], r["day"], r["visitor"]), r["visits"], r["folded_until"]) for r in records
+    ]
+    written = batch.count_existing(locked)
+    if len(locked) < len(rest):  # deleted meanwhile (an erasure): start them again
+        gone = set(rest) - {key for key, _, _ in locked}
+        for key in sorted(gone):
+            visits = batch.visitor_days[key] = merge([], batch.visitor_days[key])
+            written.add(key, visits)
+        batch.count_created(gone)
+    return written
+
+
+async def apply_changes(
+    conn: asyncpg.Connection, changes: RollupChanges, visitor_rows: VisitorDayRows
+) -> None:
+    await copy_visitor_days(conn, visitor_rows)
+    table, columns = ROLLUP_CHANGES
+    await conn.copy_records_to_table(table, records=changes.records(), columns=columns)
+    await conn.execute(APPLY)
+
+
+async def copy_visitor_days(conn: asyncpg.Connection, rows: VisitorDayRows) -> None:
+    if rows.records:
+        table, columns = VISITOR_DAY_WRITES
+        await conn.copy_records_to_table(table, records=rows.records, columns=columns)

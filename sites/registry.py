@@ -151,18 +151,24 @@ async def remove(conn: asyncpg.Connection, site_id: str, *, delete_data: bool) -
 
 
 async def erase_user(conn: asyncpg.Connection, site_id: str, user_id: str) -> dict[str, int]:
-    """Delete one user's raw events and per-user rows of a site, in one transaction.
+    """Delete one user's raw events and visits (visitor_days) of a site, in one transaction.
     Aggregate counts stay as they are: they identify no one. (`events` has no index on
     user_id: this reads every partition, which suits a rare request.)"""
 
     async def attempt() -> dict[str, int]:
         deleted: dict[str, int] = {}
         async with conn.transaction():
-            for table in ("events", "daily_site_users"):
-                status = await conn.execute(
-                    f"DELETE FROM {table} WHERE site_id = $1 AND user_id = $2", site_id, user_id
-                )
-                deleted[table] = _count(status)
+            status = await conn.execute(
+                "DELETE FROM events WHERE site_id = $1 AND user_id = $2", site_id, user_id
+            )
+            deleted["events"] = _count(status)
+            # The user's visits, by their visitor key (sql/009).
+            status = await conn.execute(
+                "DELETE FROM visitor_days WHERE site_id = $1 AND visitor = visitor_key($2, NULL)",
+                site_id,
+                user_id,
+            )
+            deleted["visitor_days"] = _count(status)
         return deleted
 
     return await _retrying(attempt)

@@ -30,6 +30,7 @@ from common.config import Settings
 from common.constants import WRITTEN_TABLES
 from common.migrate import prepare_database
 from processor.consumer import StreamProcessor
+from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
 from processor.store import prepare_connection
 
 if TYPE_CHECKING:
@@ -119,7 +120,12 @@ def make_processor(
 
 
 async def drain(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> None:
-    await make_processor(settings, client, pool).run(asyncio.Event(), drain=True)
+    """Process everything in the stream; with visits, fold every one (as --drain does)."""
+    processor = make_processor(settings, client, pool)
+    await processor.run(asyncio.Event(), drain=True)
+    if settings.count_visits:
+        async with pool.acquire() as conn:
+            await fold_ended(conn, processor.counting, EVERYTHING, sweep_from=ALL_DAYS)
 
 
 def free_port() -> int:

@@ -365,5 +365,5 @@ async def test_removing_a_site_while_a_processor_stores_its_events_leaves_none_b
     assert removed.returncode == 0, removed.stderr
     assert not processor.done()  # the removal ran while batches were being stored
     await processor  # drains the rest of the stream
-    for table in ("events", "daily_site_stats", "daily_site_path_counts", "daily_site_visitors"):
+    for table in ("events", "daily_site_stats", "daily_site_path_counts", "visitor_days"):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table

@@ -28,8 +28,8 @@ def cjk(count: int, rng: random.Random) -> str:
     return "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(count))
 
 
-# Each makes an index entry of more than PostgreSQL's 2,704 bytes: a page view's path in
-# daily_site_path_counts, a user_id in daily_site_users.
+# Each is longer than the limits the processor checks again: a page view's path would make
+# an index entry of more than PostgreSQL's 2,704 bytes in daily_site_path_counts.
 LONG_PATH = "/" + cjk(2046, random.Random(1))  # 6,141 bytes, 2,047 characters
 LONG_USER_ID = cjk(1000, random.Random(2))  # 3,000 bytes
 REASONS = {
@@ -77,7 +77,7 @@ async def test_a_poison_flood_is_dead_lettered_at_decode_and_clean_events_stored
     paths = await db.fetch("SELECT site_id, date, path, views FROM daily_site_path_counts")
     assert {(r["site_id"], r["date"], r["path"]): r["views"] for r in paths} == expected.paths
     users = sum(isinstance(u, str) for day in expected.users.values() for u in day)
-    assert await db.fetchval("SELECT count(*) FROM daily_site_users") == users
+    assert await db.fetchval("SELECT count(*) FROM visitor_days") == users
     # Every poison entry dead-lettered once, as it was, with the reason its decoding gave.
     dead = await redis_client.xrange(settings.dead_letter_key)
     assert len(dead) == poisons

@@ -36,7 +36,7 @@ async def figures(db: asyncpg.Pool) -> tuple[object, ...]:
         await db.fetchval("SELECT count(*) FROM events"),
         sorted(tuple(r) for r in await db.fetch("SELECT * FROM daily_site_stats")),
         sorted(tuple(r) for r in await db.fetch("SELECT * FROM daily_site_path_counts")),
-        await db.fetchval("SELECT count(*) FROM daily_site_users"),
+        await db.fetchval("SELECT count(*) FROM visitor_days"),
     )
 
 

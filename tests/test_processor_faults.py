@@ -29,9 +29,18 @@ from common.config import Settings
 from common.constants import EVENT_FIELD
 from common.migrate import prepare_database
 from ingest.validation import parse_event
+from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
 from processor.maintenance import apply_retention, parse_id, trim_floor, trim_stream
+from processor.store import Counting, prepare_connection
 from tests import datasets
 from tests.conftest import ROOT, drain, make_processor, settings_env
+from tests.rollup_answers import (
+    differences,
+    expected_rollups,
+    stored_events,
+    stored_rollups,
+    time_zones,
+)
 from tests.servers import PrivatePostgres, PrivateRedis
 
 NOW = time.time_ns() // 1000
@@ -43,6 +52,9 @@ FAULT_SETTINGS = {
     "claim_min_idle_ms": 500,
     "claim_interval_ms": 200,
     "maintenance_interval_ms": 200,
+    # Visits and dimensions counted, and folded as they end, while processes are killed.
+    "count_visits": True,
+    "fold_interval_ms": 100,
 }
 
 
@@ -142,6 +154,17 @@ async def assert_exact(scenario: Scenario, client: redis.Redis, pool: asyncpg.Po
         for r in await pool.fetch("SELECT * FROM daily_site_path_counts")
     }
     assert paths == dict(expected.paths)
+    # Visits and every dimension: what no stopped processor folded, a sweep folds now.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await prepare_connection(conn)  # the processor's own: its temporary tables
+        await fold_ended(conn, Counting(visits=True), EVERYTHING, sweep_from=ALL_DAYS)
+    finally:
+        await conn.close()
+    events = await stored_events(pool)
+    wanted, found = expected_rollups(events, await time_zones(pool)), await stored_rollups(pool)
+    assert not differences(wanted, found), "\n".join(differences(wanted, found))
+    assert sum(v[1] for v in found["daily_site_stats"].values()) > 0  # visits were counted
     pending = await client.xpending(settings.stream_key, settings.consumer_group)
     assert pending["pending"] == 0
     assert await client.xlen(settings.stream_key) == 0, "acknowledged entries were not trimmed"

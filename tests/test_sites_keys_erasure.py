@@ -201,7 +201,7 @@ async def test_erase_user_deletes_that_users_rows_only_while_a_processor_runs(
     await writing
     assert erased.returncode == 0, erased.stderr
     assert "deleted 20 rows from events" in erased.stdout
-    assert "deleted 1 rows from daily_site_users" in erased.stdout
+    assert "deleted 1 rows from visitor_days" in erased.stdout
     await stored(len(first) - 20 + len(more))
     stop.set()
     await processor
@@ -215,7 +215,8 @@ async def test_erase_user_deletes_that_users_rows_only_while_a_processor_runs(
     assert users == {("shop", "bob"), ("blog", "alice"), ("blog", "bob")}
     assert (
         await db.fetchval(
-            "SELECT count(*) FROM daily_site_users WHERE site_id = 'shop' AND user_id = 'alice'"
+            "SELECT count(*) FROM visitor_days"
+            " WHERE site_id = 'shop' AND visitor = visitor_key('alice', NULL)"
         )
         == 0
     )
@@ -239,12 +240,12 @@ def _event(site_id: str, user_id: str, path: str) -> dict[str, object]:
     [
         (
             ["remove", "gone", "--delete-data"],
-            "UPDATE daily_site_users SET user_id = user_id WHERE site_id = 'gone'",
+            "UPDATE visitor_days SET visits = visits WHERE site_id = 'gone'",
             "UPDATE daily_site_stats SET total_views = total_views WHERE site_id = 'gone'",
         ),
         (
             ["erase-user", "gone", "carol"],
-            "UPDATE daily_site_users SET user_id = user_id WHERE user_id = 'carol'",
+            "UPDATE visitor_days SET visits = visits WHERE visitor = visitor_key('carol', NULL)",
             "UPDATE events SET path = path WHERE user_id = 'carol'",
         ),
     ],
@@ -269,7 +270,7 @@ async def test_a_deletion_chosen_as_a_deadlock_victim_is_run_again_whole(
                 db,
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND wait_event_type = 'Lock'"
-                " AND query LIKE 'DELETE FROM daily_site_users %'",
+                " AND query LIKE 'DELETE FROM visitor_days %'",
                 1,
             )
             # Granted only once the command's deletions are rolled back: they were first.
@@ -279,8 +280,8 @@ async def test_a_deletion_chosen_as_a_deadlock_victim_is_run_again_whole(
     done = await deleting
     assert (done.returncode, done.stderr) == (0, "")
     assert "deleted 5 rows from events" in done.stdout
-    assert "deleted 1 rows from daily_site_users" in done.stdout
-    for table in ("events", "daily_site_users"):
+    assert "deleted 1 rows from visitor_days" in done.stdout
+    for table in ("events", "visitor_days"):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
 
 
