@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as redis
 
@@ -185,6 +186,30 @@ async def assert_rollups_are_the_definitions_small(db: asyncpg.Pool, stored: int
     expected = expected_rollups(events, await time_zones(db))
     actual = await stored_rollups(db)
     assert not differences(expected, actual), "\n".join(differences(expected, actual))
+
+
+async def test_visits_sent_through_http_are_counted_as_the_definitions_say(
+    http: httpx.AsyncClient,
+    visits_settings: Settings,
+    db: asyncpg.Pool,
+    redis_client: redis.Redis,
+) -> None:
+    """Through the edge: it gives anonymous visitors their daily visitor id (from address
+    and User-Agent) and passes the User-Agent on for browser, OS and device."""
+    first = datetime.now(UTC) - timedelta(days=3)  # all within the accepted past
+    sent = visits_dataset.requests(200, seed=9, first=first)
+    await register_time_zones(db)
+    for body, edge in sent:
+        response = await http.post("/event", json=body, headers={"user-agent": edge["ua"]})
+        assert response.status_code == 202, response.text
+    await drain(visits_settings, redis_client, db)
+    await assert_rollups_are_the_definitions(
+        db, len({(body["site_id"], body["event_id"]) for body, _ in sent})
+    )
+    browsers = await db.fetch(
+        "SELECT DISTINCT value FROM daily_dimension_stats WHERE dimension = 'visit:browser'"
+    )
+    assert {r["value"] for r in browsers} == {"Chrome", "Safari", "Firefox"}
 
 
 async def test_two_processors_counting_the_same_visitors_at_once_agree_with_one(

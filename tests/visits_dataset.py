@@ -49,6 +49,15 @@ GAPS = [
 
 def generate(visitors: int, seed: int = 3) -> list[dict[str, Any]]:
     """Stream payloads (as the edge writes them), in time order, with resent copies."""
+    received = int(FIRST.timestamp() * 1_000_000)
+    return [validate_event(body, received) | edge for body, edge in requests(visitors, seed)]
+
+
+def requests(
+    visitors: int, seed: int = 3, first: datetime = FIRST
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The events as clients send them, in time order, with resent copies: (request body,
+    what the edge adds: the User-Agent it passes on, a visitor id, a country)."""
     rng = random.Random(seed)
     events: list[tuple[datetime, dict[str, Any]]] = []
     users = [f"user-{n}" for n in range(visitors // 4 + 1)]
@@ -63,7 +72,7 @@ def generate(visitors: int, seed: int = 3) -> list[dict[str, Any]]:
         country = rng.choice(COUNTRIES)
         if country is not None:
             edge["country"] = country
-        at = FIRST + timedelta(seconds=rng.randrange(2 * 86_400))
+        at = first + timedelta(seconds=rng.randrange(2 * 86_400))
         referrer, campaign = rng.choice(REFERRERS), rng.choice(CAMPAIGNS)
         for _ in range(rng.randint(1, 6)):
             body: dict[str, Any] = {"site_id": site, "timestamp": at.isoformat(), **who}
@@ -84,15 +93,14 @@ def generate(visitors: int, seed: int = 3) -> list[dict[str, Any]]:
             referrer, campaign = f"https://{site}/", ""
             at += rng.choice(GAPS)
     events.sort(key=lambda item: item[0])
-    received = int(FIRST.timestamp() * 1_000_000)
-    payloads = []
+    sent: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for _, body in events:
         edge = body.pop("_edge")
         body["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        payloads.append(validate_event(body, received) | edge)
+        sent.append((body, edge))
         if rng.random() < 0.02:  # a client's retry: the same event again
-            payloads.append(payloads[-1])
-    return payloads
+            sent.append(sent[-1])
+    return sent
 
 
 def stream_fields(payload: dict[str, Any]) -> dict[bytes, bytes]:
