@@ -5,7 +5,8 @@ run), pins the service to one core and wrk to the other where the machine allows
 and removes what it made. BENCH_ROUNDS (3), BENCH_SECONDS (8) and BENCH_EVENTS (200000)
 bound the run; BENCH_STEPS (e.g. "ingest_single,processing"; "ingest_processes": single events with
 INGEST_PROCESSES=2 against one process on the same core; "poison": the processor with
-0.5% unstorable entries against the same drain without them) picks steps; BENCH_RESULTS
+0.5% unstorable entries against the same drain without them; "processing_visits" and
+"freshness_visits": those steps with COUNT_VISITS=true) picks steps; BENCH_RESULTS
 names another folder for the results than benchmarks/results.
 """
 
@@ -41,6 +42,7 @@ ALL_STEPS = (
     "processing_visits",
     "poison",
     "freshness",
+    "freshness_visits",
     "reporting",
     "slow_clients",
     "slow_clients_spread",
@@ -113,6 +115,8 @@ def main() -> int:
                     results[step] = steps.poison(ctx, events)
                 elif step == "freshness":
                     results[step] = steps.freshness(ctx, rate=2_000)
+                elif step == "freshness_visits":
+                    results[step] = steps.freshness(ctx, rate=2_000, count_visits=True)
                 elif step == "reporting":
                     results[step] = steps.reporting(ctx)
                 elif step == "slow_clients":

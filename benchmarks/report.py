@@ -100,6 +100,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    fresh_visits = results.get("freshness_visits")
+    if fresh_visits:
+        table.append(
+            (
+                f"4a. the same, counting visits, at {fresh_visits['events_per_s']:,.0f} events/s",
+                f"p50 {fresh_visits['p50_ms']:.0f} ms, p99 {fresh_visits['p99_ms']:.0f} ms",
+                f"{fresh_visits['samples']} probes",
+                "",
+            )
+        )
     report = results.get("reporting")
     if report:
         table.append(

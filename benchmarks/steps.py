@@ -311,8 +311,9 @@ async def _raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) 
     return len(rows) / elapsed
 
 
-def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
-    """Time from a 202 to the event counted in GET /stats, under a steady background load."""
+def freshness(ctx: BenchContext, rate: int, *, count_visits: bool = False) -> dict[str, Any]:
+    """Time from a 202 to the event counted in GET /stats, under a steady background load
+    (with `count_visits`, the processor counting visits and dimensions too)."""
     ctx.reset()
     background = wrk.lua_script(
         method="POST",
@@ -323,7 +324,9 @@ def freshness(ctx: BenchContext, rate: int) -> dict[str, Any]:
     port, server = _serve(ctx, "ingest", "ingest_freshness")
     processor_log = ctx.log_dir / "processor_freshness.log"
     processor = Measured(
-        pinned([sys.executable, "-m", "processor"], ctx.service_cpu), ctx.env(), processor_log
+        pinned([sys.executable, "-m", "processor"], ctx.service_cpu),
+        ctx.env(count_visits=count_visits),
+        processor_log,
     )
     samples: list[float] = []
     failures: list[BaseException] = []
