@@ -460,12 +460,14 @@ async def test_retention_drops_old_partitions_and_keeps_aggregates(
     settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
 ) -> None:
     events = [
-        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-01-15T10:00:00Z"},
-        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-02-15T10:00:00Z"},
-        {"site_id": "s", "event_type": "page_view", "timestamp": "2024-03-15T10:00:00Z"},
+        {"site_id": "s", "event_type": "page_view", "timestamp": f"2024-{month}-15T10:00:00Z"}
+        | {"user_id": "u"}
+        for month in ("01", "02", "03")
     ]
     await enqueue(redis_client, settings.stream_key, events)
-    await drain(settings, redis_client, db)
+    visits = dataclasses.replace(settings, count_visits=True)
+    await drain(visits, redis_client, db)
+    assert await db.fetchval("SELECT count(*) FROM visitor_days") == 3
     partitions = {
         r["relname"]
         for r in await db.fetch(
@@ -482,8 +484,13 @@ async def test_retention_drops_old_partitions_and_keeps_aggregates(
     assert "events_p202403" not in dropped
     assert await db.fetchval("SELECT count(*) FROM events") == 1
     assert await db.fetchval("SELECT count(*) FROM event_ids") == 1
-    # Aggregates are kept.
-    assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == 3
+    # Aggregates are kept; the visitors' rows go with their days (but for the cutoff's eve).
+    stats = await db.fetchrow("SELECT sum(total_views), sum(visits) FROM daily_site_stats")
+    assert tuple(stats) == (3, 3)
+    assert await db.fetchval("SELECT sum(visits) FROM daily_dimension_stats"
+                             " WHERE dimension = 'visit:device'") == 3  # fmt: skip
+    left = await db.fetch("SELECT date FROM visitor_days")
+    assert [r["date"].isoformat() for r in left] == ["2024-03-15"]
 
 
 async def test_consumer_groups_dropped_at_random_moments_leave_exact_figures(
