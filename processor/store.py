@@ -66,11 +66,9 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
 _COLUMN_LIST = ", ".join(f'"{column}"' for column in COLUMNS)
 _STAGED_COLUMNS = ", ".join(f's."{column}"' for column in COLUMNS)
 
-# Stores the staged events whose (site, event_id) is new; counts them ($1: how many were
-# staged, all distinct) and names the rest only when some were stored before; and gives
-# the time zones of the batch's sites ($2) that have one other than UTC.
-STORE_STAGED = f"""
-WITH new_ids AS (
+# The idempotency check, where both statements below start: only (site, event_id) pairs
+# never stored before go on.
+_NEW_IDS = f"""new_ids AS (
     -- The idempotency check: only (site, event_id) pairs never stored before go on.
     INSERT INTO event_ids (event_id, site_id, date)
     SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
@@ -78,7 +76,13 @@ WITH new_ids AS (
     ORDER BY event_id, site_id
     ON CONFLICT (event_id, site_id) DO NOTHING
     RETURNING event_id, site_id
-),
+)"""
+
+# Stores the staged events whose (site, event_id) is new; counts them ($1: how many were
+# staged, all distinct) and names the rest only when some were stored before; and gives
+# the time zones of the batch's sites ($2) that have one other than UTC.
+STORE_STAGED = f"""
+WITH {_NEW_IDS},
 inserted AS (
     INSERT INTO events ({_COLUMN_LIST})
     SELECT {_STAGED_COLUMNS}
@@ -109,14 +113,7 @@ SELECT (SELECT n FROM inserted_count) AS inserted,
 # and counted on the day of their site's time zone: page views and events of the site and
 # the page, and the visitor-days new to `visitor_days` as visitors.
 STORE_AND_COUNT = f"""
-WITH new_ids AS (
-    INSERT INTO event_ids (event_id, site_id, date)
-    SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
-    FROM {STAGING_TABLE}
-    ORDER BY event_id, site_id
-    ON CONFLICT (event_id, site_id) DO NOTHING
-    RETURNING event_id, site_id
-),
+WITH {_NEW_IDS},
 inserted AS (
     INSERT INTO events ({_COLUMN_LIST})
     SELECT {_STAGED_COLUMNS}

@@ -49,13 +49,15 @@ async def enqueue(client: redis.Redis, settings: Settings, payloads: list[dict[s
         await pipe.execute()
 
 
-async def assert_rollups_are_the_definitions(db: asyncpg.Pool, stored: int) -> None:
+async def assert_rollups_are_the_definitions(
+    db: asyncpg.Pool, stored: int, *, least_values: int = 0
+) -> None:
     events = await stored_events(db)
     assert len(events) == stored
     expected = expected_rollups(events, await time_zones(db))
     actual = await stored_rollups(db)
     assert not differences(expected, actual), "\n".join(differences(expected, actual))
-    assert len(expected["daily_dimension_stats"]) > 100  # the data set is not trivial
+    assert len(expected["daily_dimension_stats"]) >= least_values  # not trivially equal
 
 
 def payload(at: int, path: str = "/", **fields: Any) -> dict[str, Any]:
@@ -142,7 +144,9 @@ async def test_every_rollup_is_the_definitions_applied_to_the_stored_events(
     await asyncio.gather(*(p.run(asyncio.Event(), drain=True) for p in processors))
     async with db.acquire() as conn:
         await fold_ended(conn, Counting(visits=True), EVERYTHING, sweep_from=ALL_DAYS)
-    await assert_rollups_are_the_definitions(db, visits_dataset.distinct_events(payloads))
+    await assert_rollups_are_the_definitions(
+        db, visits_dataset.distinct_events(payloads), least_values=100
+    )
 
 
 async def test_the_order_of_arrival_changes_no_figure(
@@ -154,7 +158,9 @@ async def test_the_order_of_arrival_changes_no_figure(
     random.Random(1).shuffle(shuffled)  # late events of every kind, joining visits too
     await enqueue(redis_client, visits_settings, shuffled)
     await drain(dataclasses.replace(visits_settings, batch_size=31), redis_client, db)
-    await assert_rollups_are_the_definitions(db, visits_dataset.distinct_events(payloads))
+    await assert_rollups_are_the_definitions(
+        db, visits_dataset.distinct_events(payloads), least_values=100
+    )
 
 
 async def test_late_events_change_folded_visits_exactly(
@@ -177,15 +183,7 @@ async def test_late_events_change_folded_visits_exactly(
     await enqueue(redis_client, visits_settings, late)
     await drain(visits_settings, redis_client, db)
     assert await db.fetchval("SELECT sum(visits) FROM daily_site_stats") == 3
-    await assert_rollups_are_the_definitions_small(db, 6)
-
-
-async def assert_rollups_are_the_definitions_small(db: asyncpg.Pool, stored: int) -> None:
-    events = await stored_events(db)
-    assert len(events) == stored
-    expected = expected_rollups(events, await time_zones(db))
-    actual = await stored_rollups(db)
-    assert not differences(expected, actual), "\n".join(differences(expected, actual))
+    await assert_rollups_are_the_definitions(db, 6, least_values=20)
 
 
 async def test_visits_sent_through_http_are_counted_as_the_definitions_say(
@@ -204,7 +202,7 @@ async def test_visits_sent_through_http_are_counted_as_the_definitions_say(
         assert response.status_code == 202, response.text
     await drain(visits_settings, redis_client, db)
     await assert_rollups_are_the_definitions(
-        db, len({(body["site_id"], body["event_id"]) for body, _ in sent})
+        db, len({(body["site_id"], body["event_id"]) for body, _ in sent}), least_values=100
     )
     browsers = await db.fetch(
         "SELECT DISTINCT value FROM daily_dimension_stats WHERE dimension = 'visit:browser'"
@@ -246,7 +244,7 @@ async def test_two_processors_counting_the_same_visitors_at_once_agree_with_one(
     await folder
     async with db.acquire() as conn:
         await fold_ended(conn, counting, EVERYTHING, sweep_from=ALL_DAYS)
-    await assert_rollups_are_the_definitions_small(db, len(events))
+    await assert_rollups_are_the_definitions(db, len(events), least_values=20)
 
 
 async def test_without_visits_visitors_are_counted_and_later_with_visits_not_again(
