@@ -35,6 +35,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -232,6 +233,53 @@ class EdgeGuard:
         return False
 
 
+class _OneSend:
+    """A response cycle's transport: the response head waits for the first write of the
+    body and goes out with it, so that a small response is one send, not two (uvicorn
+    writes each ASGI message as it comes). Everything after passes straight through."""
+
+    __slots__ = ("_head", "_on_response", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, on_response: Callable[[], None]):
+        self._transport = transport
+        self._on_response = on_response
+        self._head: bytes | None = None
+
+    def response_complete(self) -> None:
+        """The cycle's callback when its response is whole: a head never followed by a body
+        (HEAD requests) goes out now."""
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._on_response()
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif data.startswith(_RESPONSE_HEAD) and not data.startswith(_CONTINUE):
+            self._head = data
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+_RESPONSE_HEAD = b"HTTP/1.1 "
+_CONTINUE = b"HTTP/1.1 100 "
+
+
 class EdgeProtocol(HttpToolsProtocol):
     """One client connection (see the module's docstring); `guard` is set per server."""
 
@@ -371,6 +419,10 @@ class EdgeProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
+        cycle = self.cycle
+        one_send = _OneSend(self.transport, cycle.on_response)
+        cycle.transport = one_send  # type: ignore[assignment]
+        cycle.on_response = one_send.response_complete
 
     def on_body(self, body: bytes) -> None:
         guard = self.guard

@@ -1,4 +1,4 @@
-"""Unit tests of the edge's pure parts: client address, bots, time window, CORS."""
+"""Unit tests of the edge's pure parts: client address, bots, time window, CORS, sends."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from ingest.bots import is_bot
 from ingest.client import ClientResolver
 from ingest.cors import CorsPolicy
+from ingest.edge import _OneSend
 from ingest.validation import InvalidEvent, TimeWindow, validate_event
 
 NOW = 1_800_000_000_000_000
@@ -112,3 +113,50 @@ def test_cors_policy_echoes_allowed_origins_only() -> None:
     assert CorsPolicy("*").response_headers(b"https://c.example") == [
         (b"access-control-allow-origin", b"*")
     ]
+
+
+class _RecordingTransport:
+    """What a response cycle writes, send by send (the part of asyncio's transport it uses)."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_goes_out_in_one_send_with_its_head() -> None:
+    transport, completed = _RecordingTransport(), []
+    one = _OneSend(transport, lambda: completed.append(True))  # type: ignore[arg-type]
+    one.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it: at once
+    one.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n")
+    assert transport.sends == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    one.write(b"{}")
+    one.write(b"more")  # a streamed body's later chunks pass straight through
+    one.response_complete()
+    assert transport.sends[1:] == [
+        b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}",
+        b"more",
+    ]
+    assert completed == [True]
+
+
+def test_a_head_without_a_body_goes_out_when_the_response_is_complete_or_closed() -> None:
+    transport = _RecordingTransport()
+    head = _OneSend(transport, lambda: None)  # type: ignore[arg-type]
+    head.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")  # a HEAD request's answer
+    assert transport.sends == []
+    head.response_complete()
+    assert transport.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"]
+    closing = _OneSend(transport, lambda: None)  # type: ignore[arg-type]
+    closing.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    closing.close()
+    assert transport.sends[-1] == b"HTTP/1.1 500 Internal Server Error\r\n\r\n"
+    assert transport.closed and closing.is_closing()
