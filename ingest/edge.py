@@ -35,7 +35,6 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -236,22 +235,14 @@ class EdgeGuard:
 class _OneSend:
     """A response cycle's transport: the response head waits for the first write of the
     body and goes out with it, so that a small response is one send, not two (uvicorn
-    writes each ASGI message as it comes). Everything after passes straight through."""
+    writes each ASGI message as it comes). Everything after passes straight through. Not
+    for HEAD requests, whose answers have no body to wait for."""
 
-    __slots__ = ("_head", "_on_response", "_transport")
+    __slots__ = ("_head", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, on_response: Callable[[], None]):
+    def __init__(self, transport: asyncio.Transport):
         self._transport = transport
-        self._on_response = on_response
         self._head: bytes | None = None
-
-    def response_complete(self) -> None:
-        """The cycle's callback when its response is whole: a head never followed by a body
-        (HEAD requests) goes out now."""
-        if self._head is not None:
-            self._transport.write(self._head)
-            self._head = None
-        self._on_response()
 
     def write(self, data: bytes) -> None:
         head = self._head
@@ -419,10 +410,8 @@ class EdgeProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
-        cycle = self.cycle
-        one_send = _OneSend(self.transport, cycle.on_response)
-        cycle.transport = one_send  # type: ignore[assignment]
-        cycle.on_response = one_send.response_complete
+        if self.parser.get_method() != b"HEAD":
+            self.cycle.transport = _OneSend(self.transport)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         guard = self.guard

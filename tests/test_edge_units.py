@@ -133,30 +133,23 @@ class _RecordingTransport:
 
 
 def test_a_response_goes_out_in_one_send_with_its_head() -> None:
-    transport, completed = _RecordingTransport(), []
-    one = _OneSend(transport, lambda: completed.append(True))  # type: ignore[arg-type]
+    transport = _RecordingTransport()
+    one = _OneSend(transport)  # type: ignore[arg-type]
     one.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it: at once
     one.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n")
     assert transport.sends == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     one.write(b"{}")
     one.write(b"more")  # a streamed body's later chunks pass straight through
-    one.response_complete()
     assert transport.sends[1:] == [
         b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}",
         b"more",
     ]
-    assert completed == [True]
 
 
-def test_a_head_without_a_body_goes_out_when_the_response_is_complete_or_closed() -> None:
+def test_a_head_held_when_the_cycle_closes_goes_out_first() -> None:
     transport = _RecordingTransport()
-    head = _OneSend(transport, lambda: None)  # type: ignore[arg-type]
-    head.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")  # a HEAD request's answer
-    assert transport.sends == []
-    head.response_complete()
-    assert transport.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"]
-    closing = _OneSend(transport, lambda: None)  # type: ignore[arg-type]
+    closing = _OneSend(transport)  # type: ignore[arg-type]
     closing.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
     closing.close()
-    assert transport.sends[-1] == b"HTTP/1.1 500 Internal Server Error\r\n\r\n"
+    assert transport.sends == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"]
     assert transport.closed and closing.is_closing()
