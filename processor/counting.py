@@ -44,7 +44,8 @@ class VisitorDayRows:
 @dataclasses.dataclass(slots=True)
 class BatchCount:
     changes: RollupChanges
-    # Each visitor-day's new events, merged into visits (sorted by key).
+    # Each visitor-day's new events as visits in time order: merged where the visitor-day
+    # may be new (its row is in `fresh`), one an event where it is known to exist.
     visitor_days: dict[VisitorDay, list[Visit]]
     # The visitor-days as they are if new to the table (`visitor_days`, encoded).
     fresh: VisitorDayRows

@@ -26,8 +26,6 @@ EXIT_PAGE = "visit:exit_page"
 EVENT_NAME = "event:name"
 PROPS_PREFIX = "event:props:"
 _VISIT_PROPERTIES = tuple(f"visit:{name}" for name in VISIT_DIMENSIONS)
-# Every dimension of daily_dimension_stats, but the custom properties' (one per key).
-DIMENSIONS = (*_VISIT_PROPERTIES, ENTRY_PAGE, EXIT_PAGE, EVENT_NAME)
 
 _SITE_ID, _EVENT_TYPE, _PATH = (COLUMNS.index(name) for name in ("site_id", "event_type", "path"))
 
@@ -178,10 +176,6 @@ class RollupChanges:
 
 _FIGURES = ("visitors", "visits", "pageviews", "bounces", "duration_us", "events")
 
-# Rows are taken in key order within each table. The writes not read by the final SELECT
-# run after it, the later declared first (ExecPostprocessPlan): visitor_days (locked
-# already), then dimensions, pages, and last the site's day, which every batch of the
-# site touches, so that the locks others wait for are held the shortest.
 # Where a batch's (or a fold's) changes are copied to, for APPLY: binary COPY is the
 # cheapest way in for thousands of rows (arrays of numbers cost the client far more).
 # ON COMMIT DELETE ROWS empties them after every transaction; temporary, they write no WAL.
@@ -257,8 +251,8 @@ SELECT 1
 """
 
 # The batch's visitor-days new to the table, inserted with their visits (as copied to
-# visitor_day_writes): returns which were new. The others exist already, or a writer inserting them now commits
-# first (the insert waits for it): LOCK_VISITOR_DAYS takes those.
+# visitor_day_writes): returns which were new. The others exist already, or a writer
+# inserting them now commits first (the insert waits for it): LOCK_VISITOR_DAYS takes those.
 CREATE_VISITOR_DAYS = """
 WITH created AS (
     INSERT INTO visitor_days AS t (site_id, date, visitor, visits, open_until)

@@ -340,7 +340,6 @@ class Counting:
     batches: time zone offsets, user_id hashes, visitor-days due to be folded."""
 
     visits: bool = False
-
     local_days: LocalDays = dataclasses.field(default_factory=LocalDays)
     visitor_keys: VisitorKeys = dataclasses.field(default_factory=VisitorKeys)
     newest: int = 0  # the latest event time stored, microseconds since 1970 (folding.py)
