@@ -399,10 +399,10 @@ class StreamProcessor:
             count=self._settings.batch_size,
             block=self._settings.block_ms if block else None,
         )
-        if not response:
-            return []
         # RESP2 shape (redis-py's default): [[stream, [(id, fields), ...]]]
-        entries: list[Entry] = cast(Any, response)[0][1]
+        entries: list[Entry] = cast(Any, response)[0][1] if response else []
+        if start_id == ">":  # a read of new entries that did not fill a batch: no backlog
+            self.counting.caught_up = len(entries) < self._settings.batch_size
         return entries
 
     async def _acknowledge(self, batch: DecodedBatch, fields: dict[bytes, Any]) -> None:

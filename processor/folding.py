@@ -97,10 +97,12 @@ async def _fold(
     return folded
 
 
-def fold_until(newest_event: int) -> int:
-    """Until when visits have ended: now, or the latest event stored if that is earlier
-    (a processor working through a backlog of older events folds as it reaches them)."""
-    return min(time.time_ns() // 1000, newest_event)
+def fold_until(counting: Counting) -> int:
+    """Until when visits have ended: now, once the processor has read all there is; while
+    it works through a backlog, the latest event it stored if that is earlier (it folds
+    older events' visits as it reaches them)."""
+    now = time.time_ns() // 1000
+    return now if counting.caught_up else min(now, counting.newest)
 
 
 class Folder:
@@ -119,7 +121,7 @@ class Folder:
             try:
                 await asyncio.wait_for(stop.wait(), self._interval_s)
             except TimeoutError:
-                await self.fold(fold_until(self._counting.newest))
+                await self.fold(fold_until(self._counting))
 
     async def fold(self, until: int, *, sweep_from: int | None = None) -> None:
         if sweep_from is None:

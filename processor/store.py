@@ -343,6 +343,8 @@ class Counting:
     local_days: LocalDays = dataclasses.field(default_factory=LocalDays)
     visitor_keys: VisitorKeys = dataclasses.field(default_factory=VisitorKeys)
     newest: int = 0  # the latest event time stored, microseconds since 1970 (folding.py)
+    # The last read of new entries took all there were: no backlog (folding.py).
+    caught_up: bool = False
     # Visitor-days written since they were last folded, and when their last visit ends.
     due: dict[VisitorDay, int] = dataclasses.field(default_factory=dict)
 

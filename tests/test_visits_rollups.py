@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
-from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
+from processor.folding import ALL_DAYS, EVERYTHING, Folder, fold_ended
 from processor.store import Counting
 from tests import visits_dataset
 from tests.conftest import drain, make_processor
@@ -260,3 +261,28 @@ async def test_without_visits_visitors_are_counted_and_later_with_visits_not_aga
     stats = await db.fetchrow("SELECT * FROM daily_site_stats")
     # The visitor counted once; their visit counted from the events since visits are on.
     assert (stats["unique_users"], stats["total_views"], stats["visits"]) == (1, 2, 1)
+
+
+async def test_a_quiet_stream_s_ended_visits_are_folded_by_the_running_processor(
+    visits_settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    """Once the processor has read all there is, a visit ends 30 minutes after its last
+    event by the clock: no later event has to come to fold it."""
+    start = (time.time_ns() // 1000) - 40 * MINUTE
+    await enqueue(redis_client, visits_settings, [payload(start, "/a"), payload(start, "/b")])
+    own = dataclasses.replace(visits_settings, block_ms=50)
+    processor = make_processor(own, redis_client, db)
+    folder = Folder(db, processor.counting, 0.05, processor.health)
+    stop = asyncio.Event()
+    running = [asyncio.create_task(processor.run(stop)), asyncio.create_task(folder.run(stop))]
+    try:
+        deadline = time.monotonic() + 10
+        while not await db.fetchval(
+            "SELECT visits FROM daily_dimension_stats WHERE dimension = 'visit:entry_page'"
+        ):
+            assert time.monotonic() < deadline, "the ended visit was never folded"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+    await assert_rollups_are_the_definitions(db, 2)
