@@ -35,6 +35,7 @@ from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
+from report import stats_api
 from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
 from sites.live import LiveRegistry
@@ -198,6 +199,9 @@ def create_app(settings: Settings) -> IngestRouter:
     reporting = Starlette(
         routes=[
             Route("/stats", stats, methods=["GET"]),
+            Route("/api/v1/stats/aggregate", stats_api.aggregate, methods=["GET"]),
+            Route("/api/v1/stats/timeseries", stats_api.timeseries, methods=["GET"]),
+            Route("/api/v1/stats/breakdown", stats_api.breakdown, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 import asyncpg
 from starlette.requests import Request
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 POOL_CLOSE_DEADLINE_S = 5.0
+T = TypeVar("T")
 
 
 class StatsDatabase:
@@ -100,6 +103,26 @@ class StatsDatabase:
                 pool.terminate()
 
 
+async def read_database(
+    request: Request, read: Callable[[asyncpg.Pool], Awaitable[T]]
+) -> T | Response:
+    """What `read` returns from the reporting pool, or the answer to give when the
+    database cannot answer (503, or 500 for a query that failed on its own)."""
+    pool = request.state.stats_db.pool
+    if pool is None:
+        return unavailable("the database is unavailable; retry later")
+    try:
+        return await read(pool)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if not database_unavailable(exc):
+            logger.error("reporting query failed", exc_info=exc)
+            body = error_body("internal_error", "the query failed; see the server's log")
+            return OrjsonResponse(body, status_code=500)
+        sqlstate = exc.sqlstate if isinstance(exc, asyncpg.PostgresError) else None
+        logger.warning("reporting query failed, answering 503 (SQLSTATE %s): %r", sqlstate, exc)
+        return unavailable("the database is unavailable; retry later")
+
+
 def _bad_request(field: str, message: str) -> OrjsonResponse:
     detail = [{"field": field, "message": message}]
     return OrjsonResponse(
@@ -128,19 +151,9 @@ async def stats(request: Request) -> Response:
     if refusal is not None:
         return refusal
 
-    pool = request.state.stats_db.pool
-    if pool is None:
-        return unavailable("the database is unavailable; retry later")
-    try:
-        result = await daily_stats(pool, site_id, day)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        if not database_unavailable(exc):
-            logger.error("stats query failed", exc_info=exc)
-            body = error_body("internal_error", "the query failed; see the server's log")
-            return OrjsonResponse(body, status_code=500)
-        sqlstate = exc.sqlstate if isinstance(exc, asyncpg.PostgresError) else None
-        logger.warning("stats query failed, answering 503 (SQLSTATE %s): %r", sqlstate, exc)
-        return unavailable("the database is unavailable; retry later")
+    result = await read_database(request, lambda pool: daily_stats(pool, site_id, day))
+    if isinstance(result, Response):
+        return result
     return OrjsonResponse(
         {
             "site_id": result.site_id,

@@ -70,13 +70,16 @@ class Snapshot:
     sites: dict[str, SiteRule]
     keys: dict[str, KeyRule]  # by prefix
     umami_sites: dict[str, str]  # Umami website id (canonical UUID text): site_id
+    time_zones: dict[str, str] = dataclasses.field(default_factory=dict)  # site_id: IANA name
 
 
 async def load(conn: asyncpg.Connection) -> Snapshot:
     """The whole registry as of one moment (one transaction: version and rows agree)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await conn.fetchval("SELECT version FROM registry_version")
-        sites = await conn.fetch("SELECT site_id, domains, umami_website_id::text FROM sites")
+        sites = await conn.fetch(
+            "SELECT site_id, domains, umami_website_id::text, time_zone FROM sites"
+        )
         keys = await conn.fetch(
             "SELECT prefix, key_hash, site_ids FROM api_keys WHERE revoked_at IS NULL"
         )
@@ -88,6 +91,7 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
             for r in keys
         },
         {r["umami_website_id"]: r["site_id"] for r in sites if r["umami_website_id"]},
+        {r["site_id"]: r["time_zone"] for r in sites},
     )
 
 

@@ -154,7 +154,7 @@ async def test_other_database_errors_stay_500_and_are_logged(
     assert response.json()["error"] == "internal_error"
     assert "retry-after" not in response.headers
     output = service.output()
-    assert "ERROR report.endpoints: stats query failed" in output
+    assert "ERROR report.endpoints: reporting query failed" in output
     assert "InsufficientPrivilegeError" in output
 
 

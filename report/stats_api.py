@@ -1,0 +1,125 @@
+"""Plausible's Stats API v1: GET /api/v1/stats/aggregate, /timeseries and /breakdown.
+
+Thin: the request is parsed into a query (report/query.py), planned and read
+(report/planner.py), and shaped as Plausible shapes it. Errors are Plausible's
+`{"error": message}`, with the parameter at fault (`field`) and a `code` beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common.constants import MAX_SITE_ID
+from report import planner
+from report.access import KEY_REQUIRED, ReportingAccess
+from report.endpoints import read_database
+from report.query import Query, QueryError, parse
+from report.responses import OrjsonResponse
+
+_MISSING_SITE = "Missing site ID. Please provide the required site_id parameter with your request."
+_MISSING_KEY = "Missing API key. Please use a valid Plausible API key as a Bearer Token."
+_INVALID_KEY = (
+    "Invalid API key or site ID. Please make sure you're using a valid API key "
+    "with access to the site you've requested."
+)
+
+
+def _error(
+    status: int, message: str, code: str, field: str | None = None, **headers: str
+) -> Response:
+    body: dict[str, Any] = {"error": message, "code": code}
+    if field is not None:
+        body["field"] = field
+    return OrjsonResponse(body, status_code=status, headers=headers or None)
+
+
+async def _answer(
+    request: Request,
+    endpoint: str,
+    read: Callable[[asyncpg.Pool, Query], Awaitable[dict[str, Any]]],
+) -> Response:
+    params = request.query_params
+    site_id = params.get("site_id", "")
+    if not site_id:
+        return _error(400, _MISSING_SITE, "missing_site_id", "site_id")
+    if len(site_id) > MAX_SITE_ID or "\x00" in site_id:
+        return _error(400, _INVALID_KEY, "invalid_site_id", "site_id")
+    access: ReportingAccess = request.state.reporting_access
+    refused = access.check(request, site_id)
+    if refused is not None:
+        if refused.code == "unavailable":
+            return refused.response()
+        if refused.status == 429:
+            message = (
+                "Too many API requests. Your API key is limited to "
+                f"{access.requests_per_minute} requests per minute."
+            )
+            return _error(429, message, refused.code, "authorization", **refused.headers)
+        message = _MISSING_KEY if refused.message == KEY_REQUIRED else _INVALID_KEY
+        return _error(401, message, refused.code, "authorization", **refused.headers)
+    today = datetime.now(ZoneInfo(access.time_zone(site_id))).date()
+    try:
+        query = parse(endpoint, params, site_id, today)
+        planner.plan(query)  # an unanswerable query is a 400 before any read
+    except QueryError as error:
+        return _error(400, error.message, error.code, error.field)
+    result = await read_database(request, lambda pool: read(pool, query))
+    if isinstance(result, Response):
+        return result
+    return OrjsonResponse(result)
+
+
+async def _aggregate(pool: asyncpg.Pool, query: Query) -> dict[str, Any]:
+    values = await planner.aggregate(pool, query, query.period)
+    if not query.compare:
+        return {"results": {metric: {"value": value} for metric, value in values.items()}}
+    before = await planner.aggregate(pool, query, query.period.previous())
+    return {
+        "results": {
+            metric: {
+                "value": value,
+                "change": change(metric, value, before[metric]),
+                "comparison_value": before[metric],
+            }
+            for metric, value in values.items()
+        }
+    }
+
+
+def change(metric: str, new: float | None, old: float | None) -> float | None:
+    """Plausible's `change`: the bounce rate's in points (null from 0), every other
+    metric's in whole per cent (100 from 0 to more, 0 from 0 to 0)."""
+    if new is None or old is None:
+        return None
+    if metric == "bounce_rate":
+        return None if old == 0 else new - old
+    if old == 0:
+        return 100 if new > 0 else 0
+    return round((new - old) / old * 100)
+
+
+async def _timeseries(pool: asyncpg.Pool, query: Query) -> dict[str, Any]:
+    return {"results": await planner.timeseries(pool, query)}
+
+
+async def _breakdown(pool: asyncpg.Pool, query: Query) -> dict[str, Any]:
+    return {"results": await planner.breakdown(pool, query)}
+
+
+async def aggregate(request: Request) -> Response:
+    return await _answer(request, "aggregate", _aggregate)
+
+
+async def timeseries(request: Request) -> Response:
+    return await _answer(request, "timeseries", _timeseries)
+
+
+async def breakdown(request: Request) -> Response:
+    return await _answer(request, "breakdown", _breakdown)

@@ -1,0 +1,441 @@
+"""Plausible's Stats API v1 (aggregate, timeseries, breakdown) end to end: visits sent
+through HTTP in four time zones, processed with visits counted, read back through every
+endpoint, metric and kept property, with filters, pages and compare; every figure equal
+to what the test computes from the stored events with the definitions (the rollups of
+tests/rollup_answers.py, added up and turned into metrics here). And every error."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from common.config import Settings
+from sites import keys
+from tests import visits_dataset
+from tests.conftest import drain
+from tests.rollup_answers import expected_rollups, stored_events, time_zones
+
+BASE = "/api/v1/stats"
+VISIT_PROPERTIES = [
+    "visit:source",
+    "visit:referrer",
+    "visit:utm_medium",
+    "visit:utm_source",
+    "visit:utm_campaign",
+    "visit:utm_content",
+    "visit:utm_term",
+    "visit:device",
+    "visit:browser",
+    "visit:browser_version",
+    "visit:os",
+    "visit:os_version",
+    "visit:country",
+    "visit:entry_page",
+    "visit:exit_page",
+]
+SESSION_METRICS = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "events"]
+EMPTY_AS = {
+    "visit:source": "Direct / None",
+    "visit:referrer": "Direct / None",
+    **{
+        f"visit:{n}": "(not set)"
+        for n in ("device", "browser", "browser_version", "os", "os_version")
+    },
+}
+EMPTY_LEFT_OUT = {p for p in VISIT_PROPERTIES if p not in EMPTY_AS} | {"event:page"}
+
+
+# The answer, computed from the definitions' rollups: sums per (site, day, value).
+class Answers:
+    def __init__(self, rollups: dict[str, dict[tuple[Any, ...], tuple[int, ...]]]):
+        # Every source as (site, day, dimension, value): (visitors, visits, pageviews,
+        # bounces, duration_us, events, visits that bounce rate and duration are of).
+        self.rows: dict[tuple[str, date, str, str], list[int]] = defaultdict(lambda: [0] * 7)
+        for (site, day), (vs, v, pv, b, d, e) in rollups["daily_site_stats"].items():
+            self.rows[(site, day, "", "")] = [vs, v, pv, b, d, e, v]
+        for (site, day, dim, value), (vs, v, pv, b, d, e) in rollups[
+            "daily_dimension_stats"
+        ].items():
+            self.rows[(site, day, dim, value)] = [vs, v, pv, b, d, e, v]
+            if dim == "visit:entry_page":  # a page's bounce rate: the visits entering by it
+                page = self.rows[(site, day, "event:page", value)]
+                page[3], page[4], page[6] = b, d, v
+        for (site, day, path), (vs, v, pv) in rollups["daily_site_path_counts"].items():
+            page = self.rows[(site, day, "event:page", path)]
+            page[0], page[1], page[2] = vs, v, pv
+
+    def sums(self, site: str, first: date, last: date, dim: str) -> dict[str, list[int]]:
+        by_value: dict[str, list[int]] = defaultdict(lambda: [0] * 7)
+        for (s, day, d, value), figures in self.rows.items():
+            if s == site and d == dim and first <= day <= last:
+                by_value[value] = [a + b for a, b in zip(by_value[value], figures, strict=True)]
+        return by_value
+
+    def days(self, site: str) -> list[date]:
+        return sorted({day for (s, day, _, _) in self.rows if s == site})
+
+
+def metric(name: str, sums: list[int] | None, *, bucket: bool = False) -> Any:
+    """`bucket`: in a timeseries, where a day without any figure has no visit duration."""
+    if sums is None:
+        if bucket and name == "visit_duration":
+            return None
+        sums = [0] * 7
+    visitors, visits, pageviews, bounces, duration, events, rate_visits = sums
+    if name == "bounce_rate":
+        return round(100 * bounces / rate_visits) if rate_visits else 0
+    if name == "visit_duration":
+        return round(duration / (rate_visits * 1_000_000)) if rate_visits else 0
+    if name == "views_per_visit":
+        if not visits:
+            return 0.0
+        exact = Decimal(pageviews) / Decimal(visits)
+        return float(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return {"visitors": visitors, "visits": visits, "pageviews": pageviews, "events": events}[name]
+
+
+def shown(prop: str, value: str) -> str:
+    if prop == "event:name" and value == "page_view":
+        return "pageview"
+    return EMPTY_AS.get(prop, value) if value == "" else value
+
+
+def expected_breakdown(
+    answers: Answers, site: str, first: date, last: date, prop: str, metrics: list[str],
+    *, limit: int = 100, page: int = 1, keep: Any = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    props = "event:props:"
+    key = prop[len(props) :] if prop.startswith(props) else prop.partition(":")[2]
+    rows = []
+    for value, sums in answers.sums(site, first, last, prop).items():
+        if value == "" and prop in EMPTY_LEFT_OUT:
+            continue
+        if keep is not None and not keep(value):
+            continue
+        rows.append({key: shown(prop, value)} | {m: metric(m, sums) for m in metrics})
+    rows.sort(key=lambda row: (-(row[metrics[0]] or 0), row[key].encode()))
+    return rows[(page - 1) * limit : page * limit]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Visits counted; the server's copy of the registry (time zones, keys) refreshed often."""
+    return dataclasses.replace(settings, count_visits=True, registry_refresh_ms=100)
+
+
+@pytest.fixture
+async def answered(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> Answers:
+    """Visits of four sites sent through HTTP over the last three days, processed with
+    visits counted and every visit folded."""
+    for site, zone in visits_dataset.SITES.items():
+        if zone is not None:
+            await db.execute("INSERT INTO sites (site_id, time_zone) VALUES ($1, $2)", site, zone)
+    first = datetime.now(UTC) - timedelta(days=3)
+    for body, edge in visits_dataset.requests(120, seed=21, first=first):
+        response = await http.post("/event", json=body, headers={"user-agent": edge["ua"]})
+        assert response.status_code == 202, response.text
+    await drain(settings, redis_client, db)
+    # The server's copy of the registry, with the time zones, is refreshed every 100 ms.
+    await asyncio.sleep(0.5)
+    events = await stored_events(db)
+    return Answers(expected_rollups(events, await time_zones(db)))
+
+
+async def get(http: httpx.AsyncClient, endpoint: str, **params: Any) -> Any:
+    response = await http.get(f"{BASE}/{endpoint}", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+SITES = ["la.example", "kolkata.example", "utc.example"]
+
+
+@pytest.mark.parametrize("site", SITES)
+async def test_aggregate_timeseries_and_every_breakdown_are_the_definitions(
+    http: httpx.AsyncClient, answered: Answers, site: str
+) -> None:
+    days = answered.days(site)
+    first, last = days[0], days[-1]
+    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+    metrics = [*SESSION_METRICS, "views_per_visit"]
+    body = await get(http, "aggregate", **custom, metrics=",".join(metrics))
+    totals = answered.sums(site, first, last, "")[""]
+    assert totals[1] > 10  # visits, not trivially zero
+    assert body == {"results": {m: {"value": metric(m, totals)} for m in metrics}}
+
+    series = await get(http, "timeseries", **custom, metrics=",".join(metrics))
+    expected_series = []
+    for n in range((last - first).days + 1):
+        day = first + timedelta(days=n)
+        sums = answered.sums(site, day, day, "").get("")
+        expected_series.append(
+            {"date": day.isoformat()} | {m: metric(m, sums, bucket=True) for m in metrics}
+        )
+    assert series == {"results": expected_series}
+
+    for prop in [*VISIT_PROPERTIES, "event:page"]:
+        wanted = SESSION_METRICS if prop != "event:page" else SESSION_METRICS[:-1]
+        got = await get(http, "breakdown", **custom, property=prop, metrics=",".join(wanted))
+        assert got == {"results": expected_breakdown(answered, site, first, last, prop, wanted)}, (
+            prop
+        )
+    for prop in ["event:name", "event:props:plan"]:
+        got = await get(http, "breakdown", **custom, property=prop, metrics="events,visitors")
+        expected = expected_breakdown(answered, site, first, last, prop, ["events", "visitors"])
+        assert got == {"results": expected}, prop
+        assert len(expected) >= 2
+
+
+async def test_periods_end_where_plausible_s_do_in_the_site_s_time_zone(
+    http: httpx.AsyncClient, answered: Answers
+) -> None:
+    site = "kolkata.example"
+    last = answered.days(site)[-1]
+
+    def month_end(day: date) -> date:
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+
+    def months_before(day: date, n: int) -> date:
+        index = day.year * 12 + day.month - 1 - n
+        return date(index // 12, index % 12 + 1, 1)
+
+    cases = {
+        "day": (last, last),
+        "7d": (last - timedelta(days=7), last - timedelta(days=1)),
+        "30d": (last - timedelta(days=30), last - timedelta(days=1)),
+        "month": (last.replace(day=1), month_end(last)),
+        "6mo": (months_before(last, 5), month_end(last)),
+        "12mo": (months_before(last, 11), month_end(last)),
+    }
+    for period, (first, end) in cases.items():
+        body = await get(http, "aggregate", site_id=site, period=period, date=last.isoformat(),
+                         metrics="visitors,pageviews,events")  # fmt: skip
+        sums = answered.sums(site, first, end, "").get("")
+        assert body["results"] == {
+            m: {"value": metric(m, sums)} for m in ("visitors", "pageviews", "events")
+        }, period
+    # Without a date: the period ends today in the site's time zone.
+    today = datetime.now(ZoneInfo("Asia/Kolkata")).date()
+    body = await get(http, "aggregate", site_id=site, period="day", metrics="pageviews")
+    sums = answered.sums(site, today, today, "").get("")
+    assert body["results"]["pageviews"]["value"] == metric("pageviews", sums)
+
+
+async def test_months_filters_pages_and_compare_are_the_definitions(
+    http: httpx.AsyncClient, answered: Answers
+) -> None:
+    site = "la.example"
+    days = answered.days(site)
+    first, last = days[0], days[-1]
+    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+
+    months = await get(http, "timeseries", **custom, interval="month", metrics="visitors,visits")
+    month = first.replace(day=1)
+    labels = [r["date"] for r in months["results"]]
+    assert labels[0] == month.isoformat() and all(label.endswith("-01") for label in labels)
+    assert (
+        sum(r["visits"] for r in months["results"]) == answered.sums(site, first, last, "")[""][1]
+    )
+
+    # One value of a visit property: that value's visits, page views and bounce rate.
+    sources = answered.sums(site, first, last, "visit:source")
+    source = max(sources, key=lambda v: (sources[v][1], v))
+    filters = f"visit:source=={shown('visit:source', source)}"
+    body = await get(http, "aggregate", **custom, filters=filters,
+                     metrics="visitors,visits,pageviews,bounce_rate,visit_duration")  # fmt: skip
+    assert body["results"] == {
+        m: {"value": metric(m, sources[source])}
+        for m in ("visitors", "visits", "pageviews", "bounce_rate", "visit_duration")
+    }
+    # One page: its visitors and views; the bounce rate of the visits entering by it.
+    pages = answered.sums(site, first, last, "event:page")
+    path = max(pages, key=lambda v: (pages[v][2], v))
+    body = await get(http, "aggregate", **custom, filters=f"event:page=={path}",
+                     metrics="visitors,pageviews,bounce_rate")  # fmt: skip
+    assert body["results"] == {
+        m: {"value": metric(m, pages[path])} for m in ("visitors", "pageviews", "bounce_rate")
+    }
+    # Filters on the property broken down by choose its rows: a wildcard, a list, !=.
+    wanted = ["visitors", "pageviews"]
+    for filters, keep in [
+        ("event:page==/p/1*", lambda p: p.startswith("/p/1")),
+        ("event:page==/p/2|/p/3", lambda p: p in ("/p/2", "/p/3")),
+        ("event:page!=/p/2", lambda p: p != "/p/2"),
+    ]:
+        got = await get(http, "breakdown", **custom, property="event:page",
+                        metrics=",".join(wanted), filters=filters)  # fmt: skip
+        expected = expected_breakdown(answered, site, first, last, "event:page", wanted, keep=keep)
+        assert got["results"] == expected and expected, filters
+    # Pages of a breakdown.
+    for page in (1, 2, 3):
+        got = await get(http, "breakdown", **custom, property="event:page",
+                        metrics="pageviews", limit=4, page=page)  # fmt: skip
+        expected = expected_breakdown(answered, site, first, last, "event:page", ["pageviews"],
+                                      limit=4, page=page)  # fmt: skip
+        assert got["results"] == expected, page
+    # compare=previous_period: the days just before, as many.
+    span = (last - first).days + 1
+    middle = first + timedelta(days=span // 2)
+    body = await get(http, "aggregate", site_id=site, period="custom",
+                     date=f"{middle},{last}", compare="previous_period",
+                     metrics="visitors,pageviews,bounce_rate")  # fmt: skip
+    length = (last - middle).days + 1
+    now = answered.sums(site, middle, last, "").get("")
+    before = answered.sums(
+        site, middle - timedelta(days=length), middle - timedelta(days=1), ""
+    ).get("")
+    for m in ("visitors", "pageviews", "bounce_rate"):
+        new, old = metric(m, now), metric(m, before)
+        if m == "bounce_rate":
+            change = None if old == 0 else new - old
+        else:
+            change = (100 if new else 0) if old == 0 else round((new - old) / old * 100)
+        assert body["results"][m] == {"value": new, "change": change, "comparison_value": old}
+
+
+async def test_a_site_without_events_answers_zeros_and_empty_buckets(
+    http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    params = {"site_id": "nobody.example", "period": "custom", "date": "2026-01-30,2026-02-02"}
+    body = await get(
+        http, "aggregate", **params, metrics="visitors,bounce_rate,visit_duration,views_per_visit"
+    )
+    assert body == {"results": {"visitors": {"value": 0}, "bounce_rate": {"value": 0},
+                                "visit_duration": {"value": 0}, "views_per_visit": {"value": 0.0}}}  # fmt: skip
+    body = await get(http, "timeseries", **params, metrics="visitors,bounce_rate,visit_duration")
+    assert body["results"][0] == {
+        "date": "2026-01-30",
+        "visitors": 0,
+        "bounce_rate": 0,
+        "visit_duration": None,
+    }
+    assert [r["date"] for r in body["results"]] == [
+        "2026-01-30",
+        "2026-01-31",
+        "2026-02-01",
+        "2026-02-02",
+    ]
+    body = await get(http, "breakdown", **params, property="visit:source")
+    assert body == {"results": []}
+
+
+DOCS = "https://plausible.io/docs/stats-api"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "params", "field", "message"),
+    [
+        ("aggregate", {}, "site_id",
+         "Missing site ID. Please provide the required site_id parameter with your request."),
+        ("aggregate", {"period": "year"}, "period",
+         f"Error parsing `period` parameter: invalid period `year`. Please find accepted values in our docs: {DOCS}#time-periods"),
+        ("aggregate", {"date": "2026-13-01"}, "date",
+         "Error parsing `date` parameter: invalid_format. Please specify a valid date in ISO-8601 format."),
+        ("aggregate", {"period": "custom"}, "date",
+         f"The `date` parameter is required when using a custom period. See {DOCS}#time-periods"),
+        ("aggregate", {"period": "custom", "date": "2026-01-01"}, "date",
+         f"Invalid format for `date` parameter. When using a custom period, please include two ISO-8601 formatted dates joined by a comma. See {DOCS}#time-periods"),
+        ("timeseries", {"interval": "week"}, "interval",
+         "Error parsing `interval` parameter: invalid interval `week`. Valid intervals are `day`, `month`"),
+        ("aggregate", {"metrics": "visitors,sessions"}, "metrics",
+         f"The metric `sessions` is not recognized. Find valid metrics from the documentation: {DOCS}#metrics"),
+        ("aggregate", {"metrics": "visitors,visitors"}, "metrics", "Metrics cannot be queried multiple times."),
+        ("breakdown", {"property": "event:name", "metrics": "bounce_rate"}, "metrics",
+         "Session metric `bounce_rate` cannot be queried for breakdown by `event:name`."),
+        ("aggregate", {"filters": "event:props:plan==pro", "metrics": "visits"}, "metrics",
+         "Session metric `visits` cannot be queried when using a filter on `event:props:plan`."),
+        ("aggregate", {"metrics": "conversion_rate"}, "metrics",
+         "Metric `conversion_rate` can only be queried in a goal breakdown or with a goal filter"),
+        ("aggregate", {"filters": "event:page==/a", "metrics": "views_per_visit"}, "metrics",
+         "Metric `views_per_visit` cannot be queried with a filter on `event:page`."),
+        ("breakdown", {"property": "visit:source", "metrics": "views_per_visit"}, "metrics",
+         "Metric `views_per_visit` is not supported in breakdown queries."),
+        ("aggregate", {"metrics": "time_on_page"}, "metrics",
+         "Metric `time_on_page` can only be queried in a page breakdown or with a page filter."),
+        ("breakdown", {}, "property",
+         "The `property` parameter is required. Please provide at least one property to show a breakdown by."),
+        ("breakdown", {"property": "visit:planet"}, "property",
+         f"Invalid property 'visit:planet'. Please provide a valid property for the breakdown endpoint: {DOCS}#properties"),
+        ("breakdown", {"property": "event:hostname"}, "property",
+         f"Property 'event:hostname' is currently not supported for breakdowns.  Please provide a valid property for the breakdown endpoint: {DOCS}#properties"),
+        ("breakdown", {"property": "event:page", "limit": "1001"}, "limit",
+         "Please provide limit as a number between 1 and 1000."),
+        ("breakdown", {"property": "event:page", "limit": "ten"}, "limit",
+         "Please provide limit as a number between 1 and 1000."),
+        ("aggregate", {"filters": "visit:planet==mars"}, "filters",
+         f"Invalid filter property 'visit:planet'. Please provide a valid filter property: {DOCS}#properties"),
+    ],
+)  # fmt: skip
+async def test_every_documented_error_is_plausible_s(
+    http: httpx.AsyncClient, endpoint: str, params: dict[str, str], field: str, message: str
+) -> None:
+    query = ({"site_id": "s.example"} if field != "site_id" else {}) | params
+    response = await http.get(f"{BASE}/{endpoint}", params=query)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == message
+    assert body["field"] == field and body["code"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "params", "field"),
+    [
+        ("aggregate", {"filters": "visit:source==Google;visit:country==DE"}, "filters"),
+        ("aggregate", {"filters": "visit:source==Google|Bing"}, "filters"),
+        ("breakdown", {"property": "event:page", "filters": "visit:source==Google"}, "filters"),
+        ("aggregate", {"filters": "event:goal==Signup"}, "filters"),
+        ("breakdown", {"property": "visit:city"}, "property"),
+        ("timeseries", {"period": "day"}, "interval"),
+        ("aggregate", {"filters": '[["is","visit:source",["Google"]]]'}, "filters"),
+        ("breakdown", {"property": "event:page", "metrics": "events"}, "metrics"),
+    ],
+)
+async def test_what_the_rollups_cannot_answer_is_a_400_that_says_so(
+    http: httpx.AsyncClient, endpoint: str, params: dict[str, str], field: str
+) -> None:
+    response = await http.get(f"{BASE}/{endpoint}", params={"site_id": "s.example"} | params)
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert response.json()["error"]
+
+
+async def test_keys_are_asked_for_as_plausible_asks_for_them(
+    http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await db.execute("INSERT INTO sites (site_id) VALUES ('mine.example'), ('other.example')")
+    async with db.acquire() as conn:
+        key, _ = await keys.create(conn, name="k", scope="stats:read", site_ids=["mine.example"])
+    params = {"site_id": "mine.example"}
+    for _ in range(200):  # until the server's copy of the registry has the key
+        response = await http.get(f"{BASE}/aggregate", params=params)
+        if response.status_code == 401:
+            break
+    assert response.json()["error"] == (
+        "Missing API key. Please use a valid Plausible API key as a Bearer Token."
+    )
+    invalid = (
+        "Invalid API key or site ID. Please make sure you're using a valid API key "
+        "with access to the site you've requested."
+    )
+    other = await http.get(f"{BASE}/aggregate", params={"site_id": "other.example"},
+                           headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    assert (other.status_code, other.json()["error"]) == (401, invalid)
+    wrong = await http.get(f"{BASE}/aggregate", params=params,
+                           headers={"authorization": "Bearer " + "x" * 64})  # fmt: skip
+    assert (wrong.status_code, wrong.json()["error"]) == (401, invalid)
+    good = await http.get(f"{BASE}/aggregate", params=params,
+                          headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    assert good.status_code == 200
+    assert good.json() == {"results": {"visitors": {"value": 0}}}
