@@ -48,6 +48,7 @@ class State(TypedDict):
     metrics: MetricsPublisher
     stats_db: StatsDatabase
     reporting_access: ReportingAccess
+    rollups_have_visits: bool
     readiness: Readiness
 
 
@@ -173,6 +174,8 @@ def create_app(settings: Settings) -> IngestRouter:
                 "intake": intake,
                 "stats_db": stats_db,
                 "reporting_access": ReportingAccess(registry, settings.key_rate_limit),
+                # The Stats API reads visits from the rollups only where they hold them.
+                "rollups_have_visits": settings.count_visits,
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
                 "metrics": publisher,
             }
@@ -199,6 +202,7 @@ def create_app(settings: Settings) -> IngestRouter:
     reporting = Starlette(
         routes=[
             Route("/stats", stats, methods=["GET"]),
+            Route("/api/v1/stats/realtime/visitors", stats_api.realtime_visitors, methods=["GET"]),
             Route("/api/v1/stats/aggregate", stats_api.aggregate, methods=["GET"]),
             Route("/api/v1/stats/timeseries", stats_api.timeseries, methods=["GET"]),
             Route("/api/v1/stats/breakdown", stats_api.breakdown, methods=["GET"]),

@@ -1,30 +1,34 @@
-"""Which rollup answers a Stats API query, and the one statement that reads it.
+"""Which source answers a Stats API query, and the one statement that reads it.
 
-Every rollup row (docs/metrics.md) carries the same six sums: visitors, visits, page
-views, bounces, visit duration and events, per site and local day. A query picks its
-rows (the site's, a page's, or a dimension value's), adds them up per day, month, value
-or over the whole period, and derives its metrics from the sums in SQL, where a
+Every rollup row (docs/metrics.md) carries the same sums: visitors, visits, page views,
+bounces, visit duration and events, per site and local day. A query picks its rows (the
+site's, a page's, or a dimension value's), adds them up per day, month, value or over
+the whole period, and derives its metrics from the sums in SQL (report/sums.py), where a
 breakdown also sorts and pages them.
 
-What the rollups answer exactly, and so what is planned:
+The rollups answer exactly, and so are read for:
 - no filter: the site's rows (a breakdown: its property's rows);
 - one filter `property==value` in aggregate and timeseries: that value's rows;
 - in a breakdown, any filters on the property broken down by (they choose its rows).
-Other filters need the visits themselves (two properties at once, or several values of
-one, whose visitors cannot be added up): they are answered 400, saying so.
+Everything else (filters on two properties, several values of one, whose visitors
+cannot be added up; hours), and every query while the processor does not count visits
+(COUNT_VISITS off: the rollups hold no visits), is read from the raw events
+(report/raw.py), which give the same sums.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import date
-from typing import Any
+from typing import Any, Union
 
 import asyncpg
 
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, PAGE, PROPS_PREFIX
-from report.query import Filter, Period, Query, QueryError
+from report.query import Filter, Period, Query
+from report.raw import RawStatement
+from report.sums import SUMS, predicate, select_metrics
 
 DIRECT = "Direct / None"
 NOT_SET = "(not set)"
@@ -44,8 +48,6 @@ _EMPTY_LEFT_OUT = frozenset(
     {"visit:utm_medium", "visit:utm_source", "visit:utm_campaign", "visit:utm_content",
      "visit:utm_term", "visit:country", "visit:entry_page", "visit:exit_page", PAGE}
 )  # fmt: skip
-
-_SUMS = ("visitors", "visits", "pageviews", "bounces", "duration_us", "events", "rate_visits")
 
 # The rows of each kind of source: $1 the site, $2 and $3 the first and last day;
 # `{dimension}` and `{values}` (a predicate on the column `value`) are filled in.
@@ -73,24 +75,6 @@ FROM daily_dimension_stats
 WHERE site_id = $1 AND date BETWEEN $2 AND $3 AND dimension = {dimension} AND {values}
 """
 
-# Each metric from the sums (Plausible's definitions, contracts D). Bounce rate and visit
-# duration round half to even, as ClickHouse rounds floats; views per visit is rounded
-# from the exact quotient, half away from zero (1.125 is 1.13). time_on_page is not
-# kept: null, as Plausible may answer it.
-METRIC_SQL = {
-    "visitors": "visitors",
-    "visits": "visits",
-    "pageviews": "pageviews",
-    "events": "events",
-    "bounce_rate": "CASE WHEN rate_visits > 0"
-    " THEN round(100 * bounces::float8 / rate_visits)::bigint ELSE 0 END",
-    "visit_duration": "CASE WHEN rate_visits > 0"
-    " THEN round(duration_us::float8 / (rate_visits * 1e6))::bigint ELSE 0 END",
-    "views_per_visit": "CASE WHEN visits > 0"
-    " THEN round(pageviews::numeric / visits, 2)::float8 ELSE 0 END",
-    "time_on_page": "NULL::bigint",
-}
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Source:
@@ -100,28 +84,40 @@ class Source:
     values: tuple[Filter, ...] = ()  # all must hold
 
 
-def plan(query: Query) -> Source:
+def rollup_source(query: Query) -> Source | None:
+    """The rollup rows that answer the query exactly; None where none do."""
+    if query.interval == "hour":
+        return None
     if query.property is not None:
-        others = [f for f in query.filters if f.property != query.property]
-        if others:
-            raise _unanswerable(others[0])
-        return Source(query.property, tuple(_stored(f) for f in query.filters))
+        if any(f.property != query.property for f in query.filters):
+            return None
+        return Source(query.property, query.filters)
     if not query.filters:
         return Source("")
     first = query.filters[0]
     if len(query.filters) > 1 or first.negated or first.pattern or len(first.values) != 1:
-        raise _unanswerable(first)
-    return Source(first.property, (_stored(first),))
+        return None
+    return Source(first.property, (first,))
 
 
-def _unanswerable(example: Filter) -> QueryError:
-    return QueryError(
-        "filters",
-        "unsupported_filters",
-        "This server answers from daily rollups: an aggregate or timeseries takes at most "
-        "one filter, property==value with one value; a breakdown takes filters on the "
-        f"property it breaks down by only (not answerable here: `{example.property}`).",
-    )
+Reader = Union["Statement", RawStatement]
+
+
+def reader(query: Query, period: Period, *, rollups: bool) -> Reader:
+    """The statement that gives the query's sums per key: from the rollups where they
+    answer it (`rollups`: they hold visits), else from the raw events."""
+    filters = tuple(_stored(f) for f in query.filters)
+    query = dataclasses.replace(query, filters=filters)
+    source = rollup_source(query) if rollups else None
+    if query.property is not None:
+        group = query.property
+    elif query.interval in ("hour", "month") or query.endpoint == "timeseries":
+        group = query.interval
+    else:
+        group = ""
+    if source is None:
+        return RawStatement(query.site_id, query.time_zone, period, filters, group)
+    return Statement(query.site_id, source, period, "value" if query.property else group)
 
 
 def _stored(condition: Filter) -> Filter:
@@ -172,39 +168,25 @@ class Statement:
             "month": "date_trunc('month', date)::date::text",
             "value": "value",
         }[group]
-        sums = ", ".join(f"sum({name})::bigint AS {name}" for name in _SUMS)
+        sums = ", ".join(f"sum({name})::bigint AS {name}" for name in SUMS)
         grouping = "" if group == "" else "GROUP BY 1"
-        self._sql = f"SELECT {key} AS key, {sums} FROM ({rows}) AS r {grouping}"
-        if group == "value" and source.dimension in _EMPTY_LEFT_OUT:
-            self._sql += " HAVING value <> ''"
+        self.sql = f"SELECT {key} AS key, {sums} FROM ({rows}) AS r {grouping}"
 
     def _predicate(self, condition: Filter) -> str:
-        if condition.pattern is not None:
-            self.args.append(condition.pattern)
-            operator = "!~" if condition.negated else "~"
-            return f"value {operator} ${len(self.args)}"
-        self.args.append(list(condition.values))
-        return f"{'NOT ' if condition.negated else ''}value = ANY(${len(self.args)}::text[])"
+        return predicate("value", condition, self.args)
 
     def select(self, metrics: tuple[str, ...], *, order: str | None = None) -> str:
-        """The metrics of each group; `order`: the metric a breakdown sorts by."""
-        columns = ", ".join(f"{METRIC_SQL[m]} AS {m}" for m in metrics)
-        sql = f"SELECT key, {columns}, rate_visits FROM ({self._sql}) AS sums"
-        if order is not None:
-            sql += f" ORDER BY {METRIC_SQL[order]} DESC NULLS LAST, key"
-            self.args += [None, None]
-            sql += f" LIMIT ${len(self.args) - 1} OFFSET ${len(self.args)}"
-        return sql
+        return select_metrics(self.sql, metrics, self.args, order=order)
 
 
 async def aggregate(
-    conn: asyncpg.Pool | asyncpg.Connection, query: Query, period: Period
+    conn: asyncpg.Pool | asyncpg.Connection, query: Query, period: Period, *, rollups: bool
 ) -> dict[str, Any]:
     """The metrics over the whole period (zeros where nothing was counted)."""
-    statement = Statement(query.site_id, plan(query), period, "")
+    statement = reader(query, period, rollups=rollups)
     row = await conn.fetchrow(statement.select(query.metrics), *statement.args)
-    assert row is not None
-    return {m: _aggregate_value(m, row[m]) for m in query.metrics}
+    values = {m: None for m in query.metrics} if row is None else dict(row)
+    return {m: _aggregate_value(m, values[m]) for m in query.metrics}
 
 
 def _aggregate_value(metric: str, value: Any) -> Any:
@@ -213,23 +195,19 @@ def _aggregate_value(metric: str, value: Any) -> Any:
     return value
 
 
-async def timeseries(conn: asyncpg.Pool | asyncpg.Connection, query: Query) -> list[dict[str, Any]]:
-    """A row per day or month of the period, empty ones included, in order."""
-    statement = Statement(query.site_id, plan(query), query.period, query.interval)
-    found = {
-        row["key"]: row
-        for row in await conn.fetch(statement.select(query.metrics), *statement.args)
-    }
+async def timeseries(
+    conn: asyncpg.Pool | asyncpg.Connection, query: Query, *, rollups: bool
+) -> list[dict[str, Any]]:
+    """A row per hour, day or month of the period, empty ones included, in order."""
+    statement = reader(query, query.period, rollups=rollups)
+    rows = await conn.fetch(statement.select(query.metrics), *statement.args)
+    found = {row["key"]: row for row in rows}
     results = []
-    for bucket in _buckets(query.period, query.interval):
-        label = bucket.isoformat()
+    for label in _buckets(query.period, query.interval):
         row = found.get(label)
         entry: dict[str, Any] = {"date": label}
         for metric in query.metrics:
-            if row is None:
-                entry[metric] = _EMPTY_BUCKET.get(metric, 0)
-            else:
-                entry[metric] = row[metric]
+            entry[metric] = _EMPTY_BUCKET.get(metric, 0) if row is None else row[metric]
         results.append(entry)
     return results
 
@@ -238,25 +216,29 @@ async def timeseries(conn: asyncpg.Pool | asyncpg.Connection, query: Query) -> l
 _EMPTY_BUCKET = {"visit_duration": None, "views_per_visit": 0.0, "time_on_page": None}
 
 
-def _buckets(period: Period, interval: str) -> list[date]:
+def _buckets(period: Period, interval: str) -> list[str]:
+    if interval == "hour":
+        return [f"{period.first.isoformat()} {hour:02d}:00:00" for hour in range(24)]
+    first, last = period.first.toordinal(), period.last.toordinal()
     if interval == "day":
-        return [
-            date.fromordinal(day)
-            for day in range(period.first.toordinal(), period.last.toordinal() + 1)
-        ]
+        return [date.fromordinal(day).isoformat() for day in range(first, last + 1)]
     months = []
     month = period.first.replace(day=1)
     while month <= period.last:
-        months.append(month)
+        months.append(month.isoformat())
         month = date(month.year + month.month // 12, month.month % 12 + 1, 1)
     return months
 
 
-async def breakdown(conn: asyncpg.Pool | asyncpg.Connection, query: Query) -> list[dict[str, Any]]:
+async def breakdown(
+    conn: asyncpg.Pool | asyncpg.Connection, query: Query, *, rollups: bool
+) -> list[dict[str, Any]]:
     """A page of the property's values, by the first metric (then value) as Plausible
-    sorts them."""
+    sorts them; the empty value is shown by its placeholder, or left out (B.6, B.7)."""
     assert query.property is not None
-    statement = Statement(query.site_id, plan(query), query.period, "value")
+    statement = reader(query, query.period, rollups=rollups)
+    if query.property in _EMPTY_LEFT_OUT:
+        statement.sql = f"SELECT * FROM ({statement.sql}) AS all_keys WHERE key <> ''"
     order = next((m for m in query.metrics if m != "time_on_page"), query.metrics[0])
     sql = statement.select(query.metrics, order=order)
     statement.args[-2:] = [query.limit, (query.page - 1) * query.limit]

@@ -80,21 +80,28 @@ class Period:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Query:
+    endpoint: str  # aggregate, timeseries or breakdown
     site_id: str
+    time_zone: str  # the site's: where its days and hours are
     period: Period
     period_name: str
     metrics: tuple[str, ...]
     filters: tuple[Filter, ...]
     compare: bool = False
-    interval: str = "day"  # timeseries: "day" or "month"
+    interval: str = "day"  # timeseries: "hour" (period=day), "day" or "month"
     property: str | None = None  # breakdown
     limit: int = DEFAULT_LIMIT
     page: int = 1
 
 
-def parse(endpoint: str, params: Mapping[str, str], site_id: str, today: date) -> Query:
-    """`endpoint`: "aggregate", "timeseries" or "breakdown"; `today`: in the site's time
-    zone (where periods end by default)."""
+def parse(
+    endpoint: str, params: Mapping[str, str], site_id: str, time_zone: str, today: date
+) -> Query:
+    """`endpoint`: "realtime", "aggregate", "timeseries" or "breakdown"; `today`: in the
+    site's time zone (where periods end by default). Realtime takes no other parameter:
+    Plausible ignores them."""
+    if endpoint == "realtime":
+        return Query(endpoint, site_id, time_zone, Period(today, today), "day", ("visitors",), ())
     period_name = params.get("period", "30d")
     period = parse_period(period_name, params.get("date"), today)
     filters = parse_filters(params.get("filters", ""))
@@ -112,7 +119,9 @@ def parse(endpoint: str, params: Mapping[str, str], site_id: str, today: date) -
     if endpoint == "timeseries":
         interval = _interval(params.get("interval"), period_name)
     return Query(
+        endpoint=endpoint,
         site_id=site_id,
+        time_zone=time_zone,
         period=period,
         period_name=period_name,
         metrics=metrics,
@@ -357,14 +366,7 @@ def _number(field: str, raw: str | None, default: int, most: int | None, message
 
 def _interval(raw: str | None, period_name: str) -> str:
     if raw is None:
-        if period_name == "day":
-            raise QueryError(
-                "interval",
-                "hourly_not_kept",
-                "Hourly timeseries are not kept by this server: "
-                "ask for interval=day (figures are kept per day).",
-            )
-        return "month" if period_name in ("6mo", "12mo") else "day"
+        return {"day": "hour", "6mo": "month", "12mo": "month"}.get(period_name, "day")
     interval = "day" if raw == "date" else raw
     if interval not in ("day", "month"):
         raise QueryError(

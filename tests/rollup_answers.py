@@ -4,6 +4,7 @@ the database holds them, in the same shape, to compare the two."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections import defaultdict
@@ -60,70 +61,106 @@ async def time_zones(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, str]:
     return dict(await conn.fetch("SELECT site_id, time_zone FROM sites"))
 
 
+@dataclasses.dataclass
+class Visit:
+    """A visit by the definitions: its events in time order and what it is counted by."""
+
+    site: str
+    day: date
+    visitor: uuid.UUID
+    number: int  # the visitor's day's first visit is 0
+    events: list[dict[str, Any]]
+    first: dict[str, Any]  # the event its properties are of
+    entry: str  # "" without a page view
+    exit: str
+    bounce: int
+    duration: int  # microseconds
+
+    @property
+    def views(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event_type"] == "page_view"]
+
+
+def local_day(event: dict[str, Any], zones: dict[str, str]) -> date:
+    return _local_day(event["timestamp"], zones.get(event["site_id"], "UTC"))
+
+
+def visits_of(events: list[dict[str, Any]], zones: dict[str, str]) -> list[Visit]:
+    """Every visit of these events (those without a visitor are in none)."""
+    by_visitor: dict[tuple[str, date, uuid.UUID], list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        visitor = _visitor(event)
+        if visitor is not None:
+            by_visitor[(event["site_id"], local_day(event, zones), visitor)].append(event)
+    result = []
+    for (site, day, visitor), own in by_visitor.items():
+        own.sort(key=lambda e: e["timestamp"])
+        groups: list[list[dict[str, Any]]] = []
+        for event in own:
+            if groups and event["timestamp"] - groups[-1][-1]["timestamp"] <= GAP:
+                groups[-1].append(event)
+            else:
+                groups.append([event])
+        for number, visit in enumerate(groups):
+            views = [e for e in visit if e["event_type"] == "page_view"]
+            interactions = [e for e in visit if e["event_type"] != "page_view" and e["interactive"]]
+            first = min(visit, key=lambda e: (e["timestamp"], _dimension_values(e)))
+            entry = min(views, key=lambda e: (e["timestamp"], e["path"]))["path"] if views else ""
+            leave = max(views, key=lambda e: (e["timestamp"], e["path"]))["path"] if views else ""
+            bounce = int(len(views) == 1 and not interactions)
+            duration = (visit[-1]["timestamp"] - visit[0]["timestamp"]) // timedelta(microseconds=1)
+            result.append(
+                Visit(site, day, visitor, number, visit, first, entry, leave, bounce, duration)
+            )
+    return result
+
+
 def expected_rollups(
     events: list[dict[str, Any]], zones: dict[str, str]
 ) -> dict[str, dict[tuple[Any, ...], tuple[int, ...]]]:
     stats: dict[tuple[Any, ...], Figures] = defaultdict(lambda: [0] * 6)
     pages: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
     dims: dict[tuple[Any, ...], Figures] = defaultdict(lambda: [0] * 6)
-    by_visitor: dict[tuple[str, date, uuid.UUID], list[dict[str, Any]]] = defaultdict(list)
     for event in events:
-        day = _local_day(event["timestamp"], zones.get(event["site_id"], "UTC"))
-        site_day = (event["site_id"], day)
+        site_day = (event["site_id"], local_day(event, zones))
         stats[site_day][5] += 1
         if event["event_type"] == "page_view":
             stats[site_day][2] += 1
             pages[(*site_day, event["path"])][2] += 1
-        visitor = _visitor(event)
-        if visitor is not None:
-            by_visitor[(*site_day, visitor)].append(event)
-    for (site, day, _), own in by_visitor.items():
-        stats[(site, day)][0] += 1
-        own.sort(key=lambda e: e["timestamp"])
-        visits: list[list[dict[str, Any]]] = []
-        for event in own:
-            if visits and event["timestamp"] - visits[-1][-1]["timestamp"] <= GAP:
-                visits[-1].append(event)
-            else:
-                visits.append([event])
-        seen_pages: set[str] = set()
-        seen_values: set[tuple[str, str]] = set()
-        for visit in visits:
-            views = [e for e in visit if e["event_type"] == "page_view"]
-            interactions = [e for e in visit if e["event_type"] != "page_view" and e["interactive"]]
-            bounce = int(len(views) == 1 and not interactions)
-            duration = (visit[-1]["timestamp"] - visit[0]["timestamp"]) // timedelta(microseconds=1)
-            whole = (1, len(views), bounce, duration, len(visit))
-            stats[(site, day)][1] += 1
-            stats[(site, day)][3] += bounce
-            stats[(site, day)][4] += duration
-            for path in {e["path"] for e in views}:
-                pages[(site, day, path)][1] += 1
-                if path not in seen_pages:
-                    seen_pages.add(path)
-                    pages[(site, day, path)][0] += 1
-            first = min(visit, key=lambda e: (e["timestamp"], _dimension_values(e)))
-            values: dict[tuple[str, str], tuple[int, ...]] = {
-                (f"visit:{name}", first[name] or ""): whole for name in VISIT_PROPERTIES
-            }
-            if views:
-                entry = min(views, key=lambda e: (e["timestamp"], e["path"]))
-                leave = max(views, key=lambda e: (e["timestamp"], e["path"]))
-                values[("visit:entry_page", entry["path"])] = whole
-                values[("visit:exit_page", leave["path"])] = whole
-            for event in visit:
-                name_key = ("event:name", event["event_type"])
-                values[name_key] = (1, 0, 0, 0, values.get(name_key, (0,) * 5)[4] + 1)
-                for key, value in orjson.loads(event["props"] or "{}").items():
-                    prop_key = (f"event:props:{key}", value)
-                    values[prop_key] = (1, 0, 0, 0, values.get(prop_key, (0,) * 5)[4] + 1)
-            for (dimension, value), figures in values.items():
-                row = dims[(site, day, dimension, value)]
-                if (dimension, value) not in seen_values:
-                    seen_values.add((dimension, value))
-                    row[0] += 1
-                for index, figure in enumerate(figures):
-                    row[index + 1] += figure
+    seen_pages: set[tuple[str, date, uuid.UUID, str]] = set()
+    seen_values: set[tuple[str, date, uuid.UUID, str, str]] = set()
+    for visit in visits_of(events, zones):
+        site, day, who = visit.site, visit.day, visit.visitor
+        if visit.number == 0:
+            stats[(site, day)][0] += 1
+        whole = (1, len(visit.views), visit.bounce, visit.duration, len(visit.events))
+        stats[(site, day)][1] += 1
+        stats[(site, day)][3] += visit.bounce
+        stats[(site, day)][4] += visit.duration
+        for path in {e["path"] for e in visit.views}:
+            pages[(site, day, path)][1] += 1
+            if (site, day, who, path) not in seen_pages:
+                seen_pages.add((site, day, who, path))
+                pages[(site, day, path)][0] += 1
+        values: dict[tuple[str, str], tuple[int, ...]] = {
+            (f"visit:{name}", visit.first[name] or ""): whole for name in VISIT_PROPERTIES
+        }
+        if visit.views:
+            values[("visit:entry_page", visit.entry)] = whole
+            values[("visit:exit_page", visit.exit)] = whole
+        for event in visit.events:
+            name_key = ("event:name", event["event_type"])
+            values[name_key] = (1, 0, 0, 0, values.get(name_key, (0,) * 5)[4] + 1)
+            for key, value in orjson.loads(event["props"] or "{}").items():
+                prop_key = (f"event:props:{key}", value)
+                values[prop_key] = (1, 0, 0, 0, values.get(prop_key, (0,) * 5)[4] + 1)
+        for (dimension, value), figures in values.items():
+            row = dims[(site, day, dimension, value)]
+            if (site, day, who, dimension, value) not in seen_values:
+                seen_values.add((site, day, who, dimension, value))
+                row[0] += 1
+            for index, figure in enumerate(figures):
+                row[index + 1] += figure
     return {
         "daily_site_stats": {key: tuple(value) for key, value in stats.items()},
         "daily_site_path_counts": {key: tuple(value) for key, value in pages.items()},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import redis.asyncio as redis
 
@@ -23,7 +25,14 @@ from common.config import Settings
 from sites import keys
 from tests import visits_dataset
 from tests.conftest import drain
-from tests.rollup_answers import expected_rollups, stored_events, time_zones
+from tests.rollup_answers import (
+    Visit,
+    expected_rollups,
+    local_day,
+    stored_events,
+    time_zones,
+    visits_of,
+)
 
 BASE = "/api/v1/stats"
 VISIT_PROPERTIES = [
@@ -57,6 +66,9 @@ EMPTY_LEFT_OUT = {p for p in VISIT_PROPERTIES if p not in EMPTY_AS} | {"event:pa
 
 # The answer, computed from the definitions' rollups: sums per (site, day, value).
 class Answers:
+    events: list[dict[str, Any]]
+    zones: dict[str, str]
+
     def __init__(self, rollups: dict[str, dict[tuple[Any, ...], tuple[int, ...]]]):
         # Every source as (site, day, dimension, value): (visitors, visits, pageviews,
         # bounces, duration_us, events, visits that bounce rate and duration are of).
@@ -128,9 +140,12 @@ def expected_breakdown(
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """Visits counted; the server's copy of the registry (time zones, keys) refreshed often."""
-    return dataclasses.replace(settings, count_visits=True, registry_refresh_ms=100)
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The rollups holding visits (COUNT_VISITS: the server reads them wherever they
+    answer), or with BOTH_SOURCES, also not (it reads the raw events). The server's copy
+    of the registry (time zones, keys) is refreshed often."""
+    counted = getattr(request, "param", "rollups") == "rollups"
+    return dataclasses.replace(settings, count_visits=counted, registry_refresh_ms=100)
 
 
 @pytest.fixture
@@ -146,11 +161,14 @@ async def answered(
     for body, edge in visits_dataset.requests(120, seed=21, first=first):
         response = await http.post("/event", json=body, headers={"user-agent": edge["ua"]})
         assert response.status_code == 202, response.text
-    await drain(settings, redis_client, db)
+    await drain(dataclasses.replace(settings, count_visits=True), redis_client, db)
     # The server's copy of the registry, with the time zones, is refreshed every 100 ms.
     await asyncio.sleep(0.5)
     events = await stored_events(db)
-    return Answers(expected_rollups(events, await time_zones(db)))
+    zones = await time_zones(db)
+    answers = Answers(expected_rollups(events, zones))
+    answers.events, answers.zones = events, zones
+    return answers
 
 
 async def get(http: httpx.AsyncClient, endpoint: str, **params: Any) -> Any:
@@ -160,8 +178,11 @@ async def get(http: httpx.AsyncClient, endpoint: str, **params: Any) -> Any:
 
 
 SITES = ["la.example", "kolkata.example", "utc.example"]
+# Each known answer read from the rollups and from the raw events.
+BOTH_SOURCES = pytest.mark.parametrize("settings", ["rollups", "raw events"], indirect=True)
 
 
+@BOTH_SOURCES
 @pytest.mark.parametrize("site", SITES)
 async def test_aggregate_timeseries_and_every_breakdown_are_the_definitions(
     http: httpx.AsyncClient, answered: Answers, site: str
@@ -198,6 +219,7 @@ async def test_aggregate_timeseries_and_every_breakdown_are_the_definitions(
         assert len(expected) >= 2
 
 
+@BOTH_SOURCES
 async def test_periods_end_where_plausible_s_do_in_the_site_s_time_zone(
     http: httpx.AsyncClient, answered: Answers
 ) -> None:
@@ -233,6 +255,7 @@ async def test_periods_end_where_plausible_s_do_in_the_site_s_time_zone(
     assert body["results"]["pageviews"]["value"] == metric("pageviews", sums)
 
 
+@BOTH_SOURCES
 async def test_months_filters_pages_and_compare_are_the_definitions(
     http: httpx.AsyncClient, answered: Answers
 ) -> None:
@@ -305,6 +328,7 @@ async def test_months_filters_pages_and_compare_are_the_definitions(
         assert body["results"][m] == {"value": new, "change": change, "comparison_value": old}
 
 
+@BOTH_SOURCES
 async def test_a_site_without_events_answers_zeros_and_empty_buckets(
     http: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
@@ -392,17 +416,13 @@ async def test_every_documented_error_is_plausible_s(
 @pytest.mark.parametrize(
     ("endpoint", "params", "field"),
     [
-        ("aggregate", {"filters": "visit:source==Google;visit:country==DE"}, "filters"),
-        ("aggregate", {"filters": "visit:source==Google|Bing"}, "filters"),
-        ("breakdown", {"property": "event:page", "filters": "visit:source==Google"}, "filters"),
         ("aggregate", {"filters": "event:goal==Signup"}, "filters"),
         ("breakdown", {"property": "visit:city"}, "property"),
-        ("timeseries", {"period": "day"}, "interval"),
         ("aggregate", {"filters": '[["is","visit:source",["Google"]]]'}, "filters"),
         ("breakdown", {"property": "event:page", "metrics": "events"}, "metrics"),
     ],
 )
-async def test_what_the_rollups_cannot_answer_is_a_400_that_says_so(
+async def test_what_is_not_kept_is_a_400_that_says_so(
     http: httpx.AsyncClient, endpoint: str, params: dict[str, str], field: str
 ) -> None:
     response = await http.get(f"{BASE}/{endpoint}", params={"site_id": "s.example"} | params)
@@ -439,3 +459,228 @@ async def test_keys_are_asked_for_as_plausible_asks_for_them(
                           headers={"authorization": f"Bearer {key}"})  # fmt: skip
     assert good.status_code == 200
     assert good.json() == {"results": {"visitors": {"value": 0}}}
+
+
+# Queries only the raw events answer, and what the definitions give for them (the
+# combination rules of report/raw.py, written again here plainly).
+STORED_AS = {"Direct / None": "", "(not set)": "", "pageview": "page_view"}
+
+
+def matches(text: str, value: str | None) -> bool:
+    """Does `value` pass the filter `text` (property==values or property!=value)?"""
+    negated = "!=" in text
+    raw = text.split("!=" if negated else "==", 1)[1]
+    if value is None:  # an event without the page or property asked about
+        return False
+    if "*" in raw:
+        alternatives = [re.escape(a).replace(r"\*", ".*") for a in raw.split("|")]
+        found = re.fullmatch("|".join(alternatives), value) is not None
+    else:
+        found = value in {STORED_AS.get(v, v) for v in raw.split("|")}
+    return found != negated
+
+
+def visit_value(visit: Visit, prop: str) -> str:
+    name = prop.removeprefix("visit:")
+    if name in ("entry_page", "exit_page"):
+        return visit.entry if name == "entry_page" else visit.exit
+    return visit.first[name] or ""
+
+
+def event_value(event: dict[str, Any], prop: str) -> str | None:
+    if prop == "event:page":
+        return event["path"] if event["event_type"] == "page_view" else None
+    if prop == "event:name":
+        return event["event_type"]
+    return orjson.loads(event["props"] or "{}").get(prop.removeprefix("event:props:"))
+
+
+def hour_of(event: dict[str, Any], zone: str) -> str:
+    local = event["timestamp"].astimezone(ZoneInfo(zone))
+    return local.strftime("%Y-%m-%d %H:00:00")
+
+
+def raw_answer(
+    data: Answers, site: str, first: date, last: date, filters: list[str], group: str
+) -> dict[str, list[int]]:
+    """Per key, the seven sums of report/sums.py."""
+    zone = data.zones.get(site, "UTC")
+    prop_of = [f.split("!=" if "!=" in f else "==")[0] for f in filters]
+    visit_filters = [f for f, p in zip(filters, prop_of, strict=True) if p.startswith("visit:")]
+    event_filters = [
+        (f, p) for f, p in zip(filters, prop_of, strict=True) if not p.startswith("visit:")
+    ]
+    page_filters = [f for f, p in event_filters if p == "event:page"]
+    by_event = group in ("event:page", "event:name") or group.startswith("event:props:")
+    events_side: dict[str, list[Any]] = defaultdict(lambda: [set(), set(), 0, 0])
+    visits_side: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+
+    def event_ok(event: dict[str, Any]) -> bool:
+        return all(matches(f, event_value(event, p)) for f, p in event_filters)
+
+    def key_of(event: dict[str, Any], visit: Visit | None) -> str | None:
+        day = local_day(event, data.zones)
+        if group in ("event:page", "event:name") or group.startswith("event:props:"):
+            return event_value(event, group)
+        if group.startswith("visit:"):
+            assert visit is not None
+            return visit_value(visit, group)
+        return {"": "", "day": day.isoformat(), "month": day.replace(day=1).isoformat(),
+                "hour": hour_of(event, zone)}[group]  # fmt: skip
+
+    def count_event(event: dict[str, Any], visit: Visit | None) -> None:
+        key = key_of(event, visit)
+        if key is None or (group == "event:page" and event["event_type"] != "page_view"):
+            return
+        side = events_side[key]
+        if visit is not None:
+            side[0].add((visit.day, visit.visitor))
+            side[1].add((visit.day, visit.visitor, visit.number))
+        side[2] += event["event_type"] == "page_view"
+        side[3] += 1
+
+    for visit in visits_of(data.events, data.zones):
+        if visit.site != site or not first <= visit.day <= last:
+            continue
+        if not all(
+            matches(f, visit_value(visit, p))
+            for f, p in zip(filters, prop_of, strict=True)
+            if f in visit_filters
+        ):
+            continue
+        counted = [e for e in visit.events if event_ok(e)]
+        if event_filters and not counted:
+            continue
+        if not by_event or group == "event:page":
+            if group == "event:page":
+                key = visit.entry
+            elif group == "hour":
+                key = hour_of(visit.events[0], zone)
+            else:
+                key = key_of(visit.events[0], visit) or ""
+            side = visits_side[key]
+            side[0] += 1
+            if all(matches(f, visit.entry) for f in page_filters):
+                side[1] += visit.bounce
+                side[2] += visit.duration
+                side[3] += 1
+        for event in counted:
+            count_event(event, visit)
+    if all(p == "event:page" for p in prop_of) and group in (
+        "",
+        "hour",
+        "day",
+        "month",
+        "event:page",
+    ):
+        for event in data.events:
+            no_visitor = event["user_id"] is None and event["visitor_id"] is None
+            if (
+                no_visitor
+                and event["site_id"] == site
+                and first <= local_day(event, data.zones) <= last
+            ):
+                if event_ok(event):
+                    count_event(event, None)
+    result = {}
+    for key in events_side.keys() | (set() if by_event else visits_side.keys()):
+        visitors, visit_ids, pageviews, events = events_side.get(key, [set(), set(), 0, 0])
+        visits, bounces, duration, rate_visits = visits_side.get(key, [0, 0, 0, 0])
+        visits = len(visit_ids) if by_event else visits
+        result[key] = [len(visitors), visits, pageviews, bounces, duration, events, rate_visits]
+    return result
+
+
+def ordered(rows: list[dict[str, Any]], key: str, first_metric: str) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: (-(row[first_metric] or 0), row[key].encode()))
+
+
+RAW_AGGREGATES = [
+    ["visit:source==Direct / None", "visit:browser==Chrome"],
+    ["visit:browser==Firefox|Safari"],
+    ["visit:device!=Mobile", "event:page==/p/1*"],
+    ["visit:entry_page==/p/2|/p/3|/p/4", "visit:os==(not set)"],
+    ["event:page==/p/1|/p/2", "event:page!=/p/2"],
+]
+RAW_BREAKDOWNS = [
+    ("event:page", ["visit:browser==Firefox"], ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]),
+    ("visit:browser", ["event:page==/p/3"], ["visitors", "visits", "pageviews", "bounce_rate"]),
+    ("visit:source", ["visit:device==Desktop", "event:page!=/p/0"], ["visits", "visitors", "pageviews"]),
+    ("event:props:plan", ["visit:browser==Safari"], ["visitors", "events"]),
+    ("event:name", ["event:props:plan==pro"], ["events", "visitors"]),
+    ("visit:exit_page", ["event:name==signup"], ["visitors", "events"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("site", ["la.example", "kolkata.example"])
+async def test_what_only_the_raw_events_answer_is_the_definitions(
+    http: httpx.AsyncClient, answered: Answers, site: str
+) -> None:
+    days = answered.days(site)
+    first, last = days[0], days[-1]
+    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+    checked = 0
+    for filters in RAW_AGGREGATES:
+        event_filter = any(not f.startswith("visit:") for f in filters)
+        page_filter = any(f.startswith("event:page") for f in filters)
+        metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
+        if not page_filter:
+            metrics += ["events"] + ([] if event_filter else ["views_per_visit"])
+        body = await get(
+            http, "aggregate", **custom, filters=";".join(filters), metrics=",".join(metrics)
+        )
+        sums = raw_answer(answered, site, first, last, filters, "").get("")
+        assert body["results"] == {m: {"value": metric(m, sums)} for m in metrics}, filters
+        checked += sums is not None and sums[0] > 0
+    assert checked >= 3  # not trivially zero
+    for prop, filters, metrics in RAW_BREAKDOWNS:
+        got = await get(http, "breakdown", **custom, property=prop, filters=";".join(filters),
+                        metrics=",".join(metrics))  # fmt: skip
+        key = prop.removeprefix("event:props:").partition(":")[2] or prop.removeprefix(
+            "event:props:"
+        )
+        rows = [
+            {key: shown(prop, value)} | {m: metric(m, sums) for m in metrics}
+            for value, sums in raw_answer(answered, site, first, last, filters, prop).items()
+            if not (value == "" and prop in EMPTY_LEFT_OUT)
+        ]
+        assert got["results"] == ordered(rows, key, metrics[0]), (prop, filters)
+        assert rows, (prop, filters)
+    # Hours of each day (period=day), with and without filters.
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
+    for day in days:
+        for filters in ([], ["visit:source==Direct / None", "visit:browser!=Safari"]):
+            params = {"site_id": site, "period": "day", "date": day.isoformat()}
+            if filters:
+                params["filters"] = ";".join(filters)
+            got = await get(http, "timeseries", **params, metrics=",".join(metrics))
+            sums = raw_answer(answered, site, day, day, filters, "hour")
+            expected = [
+                {"date": f"{day} {hour:02d}:00:00"}
+                | {m: metric(m, sums.get(f"{day} {hour:02d}:00:00"), bucket=True) for m in metrics}
+                for hour in range(24)
+            ]
+            assert got["results"] == expected, (day, filters)
+
+
+async def test_realtime_visitors_are_those_of_the_last_five_minutes_as_a_bare_integer(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    now = datetime.now(UTC)
+    sent = [
+        ("live.example", "a", now - timedelta(minutes=1)),
+        ("live.example", "a", now - timedelta(seconds=10)),
+        ("live.example", "b", now - timedelta(minutes=4)),
+        ("live.example", "c", now - timedelta(minutes=10)),  # gone
+        ("other.example", "d", now - timedelta(minutes=1)),  # another site's
+    ]
+    for site, user, at in sent:
+        body = {"site_id": site, "user_id": user, "event_type": "page_view", "url": f"https://{site}/",
+                "timestamp": at.isoformat()}  # fmt: skip
+        assert (await http.post("/event", json=body)).status_code == 202
+    await drain(settings, redis_client, db)
+    response = await http.get(f"{BASE}/realtime/visitors", params={"site_id": "live.example"})
+    assert response.status_code == 200
+    assert response.text == "2"
+    missing = await http.get(f"{BASE}/realtime/visitors")
+    assert missing.status_code == 400
