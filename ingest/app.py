@@ -38,6 +38,7 @@ from ingest.visitors import VisitorHasher
 from report import stats_api
 from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
+from report.export import export_events
 from sites.live import LiveRegistry
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def create_app(settings: Settings) -> IngestRouter:
             Route("/api/v1/stats/aggregate", stats_api.aggregate, methods=["GET"]),
             Route("/api/v1/stats/timeseries", stats_api.timeseries, methods=["GET"]),
             Route("/api/v1/stats/breakdown", stats_api.breakdown, methods=["GET"]),
+            Route("/api/v1/export/events", export_events, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),

@@ -21,7 +21,7 @@ from report import planner
 from report.access import KEY_REQUIRED, ReportingAccess
 from report.endpoints import read_database
 from report.query import Query, QueryError, parse
-from report.responses import OrjsonResponse
+from report.responses import OrjsonResponse, csv_response
 
 _MISSING_SITE = "Missing site ID. Please provide the required site_id parameter with your request."
 _MISSING_KEY = "Missing API key. Please use a valid Plausible API key as a Bearer Token."
@@ -40,41 +40,57 @@ def _error(
     return OrjsonResponse(body, status_code=status, headers=headers or None)
 
 
-async def _answer(
-    request: Request,
-    endpoint: str,
-    read: Callable[[asyncpg.Pool, Query, bool], Awaitable[dict[str, Any] | int]],
-) -> Response:
-    params = request.query_params
-    site_id = params.get("site_id", "")
+def refusal_or_time_zone(request: Request) -> Response | tuple[str, str]:
+    """The site asked for and its time zone; or the answer when it may not be read."""
+    site_id = request.query_params.get("site_id", "")
     if not site_id:
         return _error(400, _MISSING_SITE, "missing_site_id", "site_id")
     if len(site_id) > MAX_SITE_ID or "\x00" in site_id:
         return _error(400, _INVALID_KEY, "invalid_site_id", "site_id")
     access: ReportingAccess = request.state.reporting_access
     refused = access.check(request, site_id)
-    if refused is not None:
-        if refused.code == "unavailable":
-            return refused.response()
-        if refused.status == 429:
-            message = (
-                "Too many API requests. Your API key is limited to "
-                f"{access.requests_per_minute} requests per minute."
-            )
-            return _error(429, message, refused.code, "authorization", **refused.headers)
-        message = _MISSING_KEY if refused.message == KEY_REQUIRED else _INVALID_KEY
-        return _error(401, message, refused.code, "authorization", **refused.headers)
-    time_zone = access.time_zone(site_id)
+    if refused is None:
+        return site_id, access.time_zone(site_id)
+    if refused.code == "unavailable":
+        return refused.response()
+    if refused.status == 429:
+        message = (
+            "Too many API requests. Your API key is limited to "
+            f"{access.requests_per_minute} requests per minute."
+        )
+        return _error(429, message, refused.code, "authorization", **refused.headers)
+    message = _MISSING_KEY if refused.message == KEY_REQUIRED else _INVALID_KEY
+    return _error(401, message, refused.code, "authorization", **refused.headers)
+
+
+async def _answer(
+    request: Request,
+    endpoint: str,
+    read: Callable[[asyncpg.Pool, Query, bool], Awaitable[dict[str, Any] | int]],
+) -> Response:
+    checked = refusal_or_time_zone(request)
+    if isinstance(checked, Response):
+        return checked
+    site_id, time_zone = checked
+    params = request.query_params
     try:
         query = parse(
             endpoint, params, site_id, time_zone, datetime.now(ZoneInfo(time_zone)).date()
         )
     except QueryError as error:
         return _error(400, error.message, error.code, error.field)
+    wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
+    if params.get("format") not in (None, "json", "csv"):
+        return _error(400, "format is json (the default) or csv.", "invalid_format", "format")
     rollups: bool = request.state.rollups_have_visits
     result = await read_database(request, lambda pool: read(pool, query, rollups))
     if isinstance(result, Response):
         return result
+    if wants_csv and endpoint in ("timeseries", "breakdown"):
+        assert isinstance(result, dict)
+        first = "date" if query.property is None else planner.result_key(query.property)
+        name = f"{site_id}-{endpoint}-{query.period.first}-{query.period.last}.csv"
+        return csv_response([first, *query.metrics], result["results"], name)
     return OrjsonResponse(result)
 
 

@@ -7,7 +7,9 @@ tests/rollup_answers.py, added up and turned into metrics here). And every error
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
+import io
 import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -684,3 +686,31 @@ async def test_realtime_visitors_are_those_of_the_last_five_minutes_as_a_bare_in
     assert response.text == "2"
     missing = await http.get(f"{BASE}/realtime/visitors")
     assert missing.status_code == 400
+
+
+async def test_breakdowns_and_timeseries_as_csv_are_their_json(
+    http: httpx.AsyncClient, answered: Answers
+) -> None:
+    site = "berlin.example"
+    days = answered.days(site)
+    custom = {"site_id": site, "period": "custom", "date": f"{days[0]},{days[-1]}"}
+    for endpoint, extra, first in [
+        ("breakdown", {"property": "visit:source", "metrics": "visitors,visit_duration"}, "source"),
+        ("timeseries", {"metrics": "visitors,bounce_rate,visit_duration"}, "date"),
+    ]:
+        params = custom | extra
+        rows = (await get(http, endpoint, **params))["results"]
+        for how in (
+            {"params": params | {"format": "csv"}},
+            {"params": params, "headers": {"accept": "text/csv"}},
+        ):
+            response = await http.get(f"{BASE}/{endpoint}", **how)  # type: ignore[arg-type]
+            assert response.headers["content-type"] == "text/csv; charset=utf-8"
+            assert "attachment" in response.headers["content-disposition"]
+            table = list(csv.reader(io.StringIO(response.text)))
+            columns = [first, *extra["metrics"].split(",")]
+            assert table[0] == columns
+            assert table[1:] == [
+                ["" if row[c] is None else str(row[c]) for c in columns] for row in rows
+            ]
+            assert len(table) > 2
