@@ -35,7 +35,7 @@ from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
-from report import stats_api
+from report import dashboard, stats_api
 from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
 from report.export import export_events
@@ -208,6 +208,7 @@ def create_app(settings: Settings) -> IngestRouter:
             Route("/api/v1/stats/timeseries", stats_api.timeseries, methods=["GET"]),
             Route("/api/v1/stats/breakdown", stats_api.breakdown, methods=["GET"]),
             Route("/api/v1/export/events", export_events, methods=["GET"]),
+            *dashboard.routes(),
             Route("/health", health, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),

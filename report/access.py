@@ -58,6 +58,16 @@ class ReportingAccess:
 
     def check(self, request: Request, site_id: str) -> Refusal | None:
         """None when the request may read `site_id`; else why not."""
+        readable = self.readable(request)
+        if isinstance(readable, Refusal):
+            return readable
+        if readable is not None and site_id not in readable:
+            return Refusal(403, "forbidden", f"this API key may not read site {site_id!r}")
+        return None
+
+    def readable(self, request: Request) -> Refusal | frozenset[str] | None:
+        """The sites the request may read (None: every site), counted against its key's
+        rate; or why it may read none."""
         snapshot = self._registry.snapshot
         if snapshot is None:
             return Refusal(
@@ -74,14 +84,16 @@ class ReportingAccess:
         # compare_digest: how long the comparison takes says nothing about the hash.
         if rule is None or not hmac.compare_digest(hash_key(key), rule.key_hash):
             return Refusal(401, "unauthorized", "the API key is not valid", _CHALLENGE)
-        if not rule.may_read(site_id):
-            return Refusal(403, "forbidden", f"this API key may not read site {site_id!r}")
         if self._limits is not None:
             wait = self._limits.take(prefix)
             if wait:
                 headers = {"retry-after": retry_after(wait).decode()}
                 return Refusal(429, "rate_limited", "too many requests with this key", headers)
-        return None
+        return rule.site_ids
+
+    def registered_sites(self) -> list[str]:
+        snapshot = self._registry.snapshot
+        return [] if snapshot is None else sorted(snapshot.sites)
 
     def time_zone(self, site_id: str) -> str:
         """The site's time zone: UTC for a site not in the registry."""

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from common.constants import MAX_SITE_ID
 from report import planner
-from report.access import KEY_REQUIRED, ReportingAccess
+from report.access import KEY_REQUIRED, Refusal, ReportingAccess
 from report.endpoints import read_database
 from report.query import Query, QueryError, parse
 from report.responses import OrjsonResponse, csv_response
@@ -51,6 +51,11 @@ def refusal_or_time_zone(request: Request) -> Response | tuple[str, str]:
     refused = access.check(request, site_id)
     if refused is None:
         return site_id, access.time_zone(site_id)
+    return api_refusal(access, refused)
+
+
+def api_refusal(access: ReportingAccess, refused: Refusal) -> Response:
+    """A refusal in Plausible's words."""
     if refused.code == "unavailable":
         return refused.response()
     if refused.status == 429:
