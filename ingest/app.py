@@ -39,6 +39,7 @@ from report import dashboard, stats_api
 from report.access import ReportingAccess
 from report.endpoints import StatsDatabase, stats
 from report.export import export_events
+from report.openapi import openapi_json
 from sites.live import LiveRegistry
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> IngestRouter:
             Route("/api/v1/stats/breakdown", stats_api.breakdown, methods=["GET"]),
             Route("/api/v1/export/events", export_events, methods=["GET"]),
             *dashboard.routes(),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),
