@@ -27,7 +27,7 @@ import asyncpg
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, PAGE, PROPS_PREFIX
 from report.query import Filter, Period, Query
-from report.raw import RawStatement
+from report.raw import VERSION_SEPARATOR, VERSIONS, RawStatement
 from report.sums import SUMS, predicate, select_metrics
 
 DIRECT = "Direct / None"
@@ -89,6 +89,8 @@ def rollup_source(query: Query) -> Source | None:
     if query.interval == "hour":
         return None
     if query.property is not None:
+        if query.property in VERSIONS:  # kept per version alone: by browser too from events
+            return None
         if any(f.property != query.property for f in query.filters):
             return None
         return Source(query.property, query.filters)
@@ -139,6 +141,11 @@ def shown_value(prop: str, stored: str) -> str:
     if prop == EVENT_NAME:
         return PAGEVIEW if stored == PAGE_VIEW else stored
     return _SHOWN_AS_EMPTY.get(prop, stored) if stored == "" else stored
+
+
+def result_columns(prop: str) -> list[str]:
+    """The columns naming a breakdown row's value."""
+    return [VERSIONS[prop], result_key(prop)] if prop in VERSIONS else [result_key(prop)]
 
 
 def result_key(prop: str) -> str:
@@ -242,8 +249,18 @@ async def breakdown(
     order = next((m for m in query.metrics if m != "time_on_page"), query.metrics[0])
     sql = statement.select(query.metrics, order=order)
     statement.args[-2:] = [query.limit, (query.page - 1) * query.limit]
-    key = result_key(query.property)
     return [
-        {key: shown_value(query.property, row["key"])} | {m: row[m] for m in query.metrics}
+        _labels(query.property, row["key"]) | {m: row[m] for m in query.metrics}
         for row in await conn.fetch(sql, *statement.args)
     ]
+
+
+def _labels(prop: str, key: str) -> dict[str, str]:
+    """A breakdown row's value: a version comes with its browser or system."""
+    if prop in VERSIONS:
+        owner, _, version = key.partition(VERSION_SEPARATOR)
+        return {
+            VERSIONS[prop]: shown_value(f"visit:{VERSIONS[prop]}", owner),
+            result_key(prop): shown_value(prop, version),
+        }
+    return {result_key(prop): shown_value(prop, key)}

@@ -35,6 +35,9 @@ _VISIT_COLUMNS = {f"visit:{name}": name for name in VISIT_DIMENSIONS} | {
     ENTRY_PAGE: "entry_page",
     EXIT_PAGE: "exit_page",
 }
+# Plausible breaks versions down by browser (or system) and version together.
+VERSIONS = {"visit:browser_version": "browser", "visit:os_version": "os"}
+VERSION_SEPARATOR = "\x1f"
 _DIMENSIONS = ", ".join(f"coalesce(e.{name}, '') AS {name}" for name in VISIT_DIMENSIONS)
 _FIRST_ORDER = ", ".join(VISIT_DIMENSIONS)
 
@@ -209,6 +212,8 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
             return "n.event_type"
         if group.startswith(PROPS_PREFIX):
             return f"(n.props ->> {self._prop})"
+        if group in VERSIONS:  # a version is a browser's or a system's: both make the key
+            return f"(v.{VERSIONS[group]} || '{VERSION_SEPARATOR}' || v.{_VISIT_COLUMNS[group]})"
         return f"v.{_VISIT_COLUMNS[group]}"
 
     def _visit_key(self, group: str) -> str:

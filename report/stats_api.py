@@ -93,9 +93,9 @@ async def _answer(
         return result
     if wants_csv and endpoint in ("timeseries", "breakdown"):
         assert isinstance(result, dict)
-        first = "date" if query.property is None else planner.result_key(query.property)
+        first = ["date"] if query.property is None else planner.result_columns(query.property)
         name = f"{site_id}-{endpoint}-{query.period.first}-{query.period.last}.csv"
-        return csv_response([first, *query.metrics], result["results"], name)
+        return csv_response([*first, *query.metrics], result["results"], name)
     return OrjsonResponse(result)
 
 
