@@ -54,6 +54,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "ingest_processes": (1, 64, "processes"),
     "max_connections_per_address": (0, 1_000_000, "connections"),
     "registry_refresh_ms": (100, 60_000, "ms"),
+    "report_cache_ms": (0, 60_000, "ms"),
     "address_rate_limit": (0, 1_000_000_000, "requests/s"),
     "site_rate_limit": (0, 1_000_000_000, "events/s"),
     "key_rate_limit": (0, 1_000_000_000, "requests/min"),
@@ -149,6 +150,9 @@ class Settings:
     site_rate_limit: int = 0
     # Reporting requests a minute per API key (bursts as large); 0: no limit.
     key_rate_limit: int = 600
+    # How long a reporting answer is reused (report/cache.py): answers are exact as of at
+    # most this plus the time to compute them; 0: every request computes its own.
+    report_cache_ms: int = 100
 
     @property
     def dead_letter_key(self) -> str:

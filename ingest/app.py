@@ -37,6 +37,7 @@ from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
 from report import dashboard, stats_api
 from report.access import ReportingAccess
+from report.cache import AnswerCache
 from report.endpoints import StatsDatabase, stats
 from report.export import export_events
 from report.openapi import openapi_json
@@ -51,6 +52,7 @@ class State(TypedDict):
     stats_db: StatsDatabase
     reporting_access: ReportingAccess
     rollups_have_visits: bool
+    answer_cache: AnswerCache
     readiness: Readiness
 
 
@@ -178,6 +180,7 @@ def create_app(settings: Settings) -> IngestRouter:
                 "reporting_access": ReportingAccess(registry, settings.key_rate_limit),
                 # The Stats API reads visits from the rollups only where they hold them.
                 "rollups_have_visits": settings.count_visits,
+                "answer_cache": AnswerCache(settings.report_cache_ms),
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
                 "metrics": publisher,
             }

@@ -24,6 +24,7 @@ from common.migrate import (
     retry_until_stopped,
 )
 from report.access import ReportingAccess
+from report.cache import AnswerCache
 from report.queries import daily_stats
 from report.responses import OrjsonResponse, unavailable
 
@@ -151,15 +152,19 @@ async def stats(request: Request) -> Response:
     if refusal is not None:
         return refusal
 
-    result = await read_database(request, lambda pool: daily_stats(pool, site_id, day))
-    if isinstance(result, Response):
-        return result
-    return OrjsonResponse(
-        {
-            "site_id": result.site_id,
-            "date": result.date.isoformat(),
-            "total_views": result.total_views,
-            "unique_users": result.unique_users,
-            "top_paths": [{"path": path, "views": views} for path, views in result.top_paths],
-        }
-    )
+    async def compute() -> Response:
+        result = await read_database(request, lambda pool: daily_stats(pool, site_id, day))
+        if isinstance(result, Response):
+            return result
+        return OrjsonResponse(
+            {
+                "site_id": result.site_id,
+                "date": result.date.isoformat(),
+                "total_views": result.total_views,
+                "unique_users": result.unique_users,
+                "top_paths": [{"path": path, "views": views} for path, views in result.top_paths],
+            }
+        )
+
+    cache: AnswerCache = request.state.answer_cache
+    return await cache.answer(("/stats", site_id, day), compute)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from common.constants import MAX_SITE_ID
 from report import planner
 from report.access import KEY_REQUIRED, Refusal, ReportingAccess
+from report.cache import AnswerCache
 from report.endpoints import read_database
 from report.query import Query, QueryError, parse
 from report.responses import OrjsonResponse, csv_response
@@ -88,15 +89,23 @@ async def _answer(
     if params.get("format") not in (None, "json", "csv"):
         return _error(400, "format is json (the default) or csv.", "invalid_format", "format")
     rollups: bool = request.state.rollups_have_visits
-    result = await read_database(request, lambda pool: read(pool, query, rollups))
-    if isinstance(result, Response):
-        return result
-    if wants_csv and endpoint in ("timeseries", "breakdown"):
-        assert isinstance(result, dict)
-        first = ["date"] if query.property is None else planner.result_columns(query.property)
-        name = f"{site_id}-{endpoint}-{query.period.first}-{query.period.last}.csv"
-        return csv_response([*first, *query.metrics], result["results"], name)
-    return OrjsonResponse(result)
+
+    async def compute() -> Response:
+        result = await read_database(request, lambda pool: read(pool, query, rollups))
+        if isinstance(result, Response):
+            return result
+        if wants_csv and endpoint in ("timeseries", "breakdown"):
+            assert isinstance(result, dict)
+            first = ["date"] if query.property is None else planner.result_columns(query.property)
+            name = f"{site_id}-{endpoint}-{query.period.first}-{query.period.last}.csv"
+            return csv_response([*first, *query.metrics], result["results"], name)
+        return OrjsonResponse(result)
+
+    # The same question (of the same site, asked the same way) has the same answer;
+    # `today` is part of it: a period without a date moves at the site's midnight.
+    key = (request.url.path, query, wants_csv)
+    cache: AnswerCache = request.state.answer_cache
+    return await cache.answer(key, compute)
 
 
 async def _aggregate(pool: asyncpg.Pool, query: Query, rollups: bool) -> dict[str, Any]:

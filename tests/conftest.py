@@ -77,6 +77,9 @@ def settings(database_url: str) -> Iterator[Settings]:
         claim_min_idle_ms=60_000,
         claim_interval_ms=60_000,
         max_age_seconds=10 * 365 * 86_400,  # the generated data sets lie in 2024
+        # Tests read right after they write: answers are not reused (test_answer_cache.py
+        # tests that).
+        report_cache_ms=0,
     )
     client = sync_redis.Redis.from_url(REDIS_URL)
     try:
