@@ -420,52 +420,183 @@ def _probe_until(port: int, stop: threading.Event, samples: list[float]) -> None
     conn.close()
 
 
+REPORT_SITE = "report-bench.example"
+REPORT_LAST_DAY = date(2026, 1, 15)  # the year's last day: GET /stats reads it
+# What the read side is asked, each against GET /health on the same server.
+REPORT_QUERIES = {
+    "stats_day": f"/stats?site_id={REPORT_SITE}&date={REPORT_LAST_DAY}",
+    "aggregate_30d": f"/api/v1/stats/aggregate?site_id={REPORT_SITE}&period=30d&date={REPORT_LAST_DAY}"
+    "&metrics=visitors,visits,pageviews,views_per_visit,bounce_rate,visit_duration",
+    "pages_90d": f"/api/v1/stats/breakdown?site_id={REPORT_SITE}&property=event:page&period=custom"
+    f"&date=2025-10-18,{REPORT_LAST_DAY}&metrics=visitors,pageviews&limit=10",
+    "pages_365d": f"/api/v1/stats/breakdown?site_id={REPORT_SITE}&property=event:page&period=custom"
+    f"&date=2025-01-16,{REPORT_LAST_DAY}&metrics=visitors,pageviews&limit=10",
+    "timeseries_since_2019": f"/api/v1/stats/timeseries?site_id={REPORT_SITE}&period=custom"
+    f"&date=2019-01-01,{REPORT_LAST_DAY}&metrics=visitors,pageviews",
+    "realtime": f"/api/v1/stats/realtime/visitors?site_id={REPORT_SITE}",
+}
+EXPORTED_EVENTS = 1_000_000
+
+
 def reporting(ctx: BenchContext) -> dict[str, Any]:
-    """GET /stats for a day of 1,000,000 page views over 10,000 paths and 100,000 users."""
+    """The read side on a year of a large site: 1,000,000 page views a day over 10,000
+    paths, 100,000 visitors a day, the dimensions' values (generated straight into the
+    rollups, as processed events leave them), with visits counted. Each query under load
+    beside GET /health, and alone with answers not reused (what a refresh costs); then an
+    export of 1,000,000 raw events."""
     ctx.reset()
-    site, day = "report-bench.example", date(2026, 1, 15)
-    ctx.with_db(lambda conn: _seed_report_day(conn, site, day))
-    stats_script = wrk.lua_script()
-    ours: list[wrk.WrkResult] = []
-    health: list[wrk.WrkResult] = []
+    ctx.with_db(_seed_report_year)
+    script = wrk.lua_script()
+    loads: dict[str, list[wrk.WrkResult]] = {name: [] for name in ("health", *REPORT_QUERIES)}
+    seconds = min(ctx.seconds, 5)
     for _ in range(ctx.rounds):
-        port, server = _serve(ctx, "ingest", "ingest_report")
+        port, server = _serve(ctx, "ingest", "ingest_report", count_visits="true")
         with server:
-            health.append(_load(ctx, port, "/health", stats_script))
-            ours.append(_load(ctx, port, f"/stats?site_id={site}&date={day}", stats_script))
+            _wait_for_stats(port)
+            for name, path in (("health", "/health"), *REPORT_QUERIES.items()):
+                url = f"http://127.0.0.1:{port}{path}"
+                wrk.run(url, script, connections=CONNECTIONS, seconds=1, cpu=ctx.load_cpu)
+                loads[name].append(
+                    wrk.run(url, script, connections=CONNECTIONS, seconds=seconds, cpu=ctx.load_cpu)
+                )
+    results: dict[str, Any] = {}
+    health = loads["health"]
+    results["reference_requests_per_s"] = summary([r.rate for r in health])
+    for name in REPORT_QUERIES:
+        ours = loads[name]
+        results[name] = {
+            "requests_per_s": summary([r.rate for r in ours]),
+            "p50_ms": summary([r.p50_ms for r in ours]),
+            "p99_ms": summary([r.p99_ms for r in ours]),
+            "non_2xx": sum(r.non_2xx for r in ours),
+            "ratio": median([o.rate / h.rate for o, h in zip(ours, health, strict=True)]),
+        }
+    # One request at a time, nothing reused: how long each answer takes to compute.
+    port, server = _serve(
+        ctx, "ingest", "ingest_report_cold", count_visits="true", report_cache_ms=0
+    )
+    with server:
+        for name, path in REPORT_QUERIES.items():
+            results[name]["computed_ms"] = median(
+                [_timed_get(port, path) for _ in range(max(3, ctx.rounds))]
+            )
+    results["export"] = _export(ctx)
+    return results
+
+
+def _timed_get(port: int, path: str) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        started = time.perf_counter()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise AssertionError(f"GET {path} answered {response.status}")
+        return (time.perf_counter() - started) * 1000
+    finally:
+        connection.close()
+
+
+def _export(ctx: BenchContext) -> dict[str, Any]:
+    """GET /api/v1/export/events of 1,000,000 events (NDJSON), read as fast as the client
+    can: rows a second, and the server's resident memory before and at its peak."""
+    site = "export-bench.example"
+    ctx.with_db(lambda conn: _seed_export(conn, site))
+    port, server = _serve(ctx, "ingest", "ingest_export")
+    with server:
+        _wait_for_stats(port)
+        before = _resident_mb(server.process.pid, "VmRSS")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        started = time.perf_counter()
+        connection.request(
+            "GET", f"/api/v1/export/events?site_id={site}&from=2026-01-14&to=2026-01-15"
+        )
+        response = connection.getresponse()
+        lines = size = 0
+        while chunk := response.read(1 << 16):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+        seconds = time.perf_counter() - started
+        connection.close()
+        peak = _resident_mb(server.process.pid, "VmHWM")
+    if lines != EXPORTED_EVENTS:
+        raise AssertionError(f"the export gave {lines} events of {EXPORTED_EVENTS}")
     return {
-        "requests_per_s": summary([r.rate for r in ours]),
-        "p50_ms": summary([r.p50_ms for r in ours]),
-        "p99_ms": summary([r.p99_ms for r in ours]),
-        "non_2xx": sum(r.non_2xx for r in ours),
-        "reference_requests_per_s": summary([r.rate for r in health]),
-        "ratio": median([o.rate / h.rate for o, h in zip(ours, health, strict=True)]),
+        "events": lines,
+        "events_per_s": lines / seconds,
+        "megabytes_per_s": size / seconds / 2**20,
+        "server_rss_before_mb": before,
+        "server_peak_rss_mb": peak,
     }
 
 
-async def _seed_report_day(conn: asyncpg.Connection, site: str, day: date) -> None:
-    """Aggregates as 1,000,000 processed page views would leave them (Zipf over paths)."""
-    weights = [1 / (rank + 1) for rank in range(10_000)]
-    scale = 1_000_000 / sum(weights)
-    views = [max(1, int(w * scale)) for w in weights]
-    views[0] += 1_000_000 - sum(views)
-    await conn.copy_records_to_table(
-        "daily_site_path_counts",
-        records=[(site, day, f"/page-{i}", v) for i, v in enumerate(views)],
-        columns=("site_id", "date", "path", "views"),
-    )
-    await conn.copy_records_to_table(
-        "visitor_days",
-        records=[(site, day, uuid.UUID(int=i)) for i in range(100_000)],
-        columns=("site_id", "date", "visitor"),
-    )
+def _resident_mb(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise LookupError(field)
+
+
+async def _seed_export(conn: asyncpg.Connection, site: str) -> None:
+    await conn.execute("SELECT ensure_events_partition('2026-01-01')")
     await conn.execute(
-        "INSERT INTO daily_site_stats (site_id, date, total_views, unique_users) "
-        "VALUES ($1, $2, 1000000, 100000)",
+        """INSERT INTO events (event_id, site_id, event_type, path, "timestamp", received_at,
+               visitor_id, referrer, source, browser, browser_version, os, device, country,
+               interactive)
+           SELECT gen_random_uuid(), $1, 'page_view', '/page-' || (n % 10000), t, t,
+               gen_random_uuid(), 'news.example.org/story', 'news.example.org', 'Firefox',
+               '131.0', 'Linux', 'Desktop', 'DE', true
+           FROM generate_series(1, $2) AS n,
+               LATERAL (SELECT '2026-01-14 00:00Z'::timestamptz + n * interval '100 ms') AS at(t)""",
         site,
-        day,
+        EXPORTED_EVENTS,
     )
-    await conn.execute("ANALYZE daily_site_path_counts")
+
+
+# Values a day per dimension of the generated year (visits and dimensions, issue 13).
+_YEAR_DIMENSIONS = {
+    "visit:source": 200, "visit:referrer": 1_000, "visit:utm_source": 50, "visit:utm_medium": 10,
+    "visit:utm_campaign": 50, "visit:device": 3, "visit:browser": 20, "visit:browser_version": 200,
+    "visit:os": 10, "visit:os_version": 50, "visit:country": 150, "visit:entry_page": 2_000,
+    "visit:exit_page": 2_000, "event:name": 10,
+}  # fmt: skip
+
+
+async def _seed_report_year(conn: asyncpg.Connection) -> None:
+    """A year to REPORT_LAST_DAY, and every day back to 2019 in the site's figures: as a
+    million page views a day (Zipf over 10,000 paths) by 100,000 visitors leave them."""
+    first = date(REPORT_LAST_DAY.year - 1, REPORT_LAST_DAY.month, REPORT_LAST_DAY.day)
+    await conn.execute(
+        """INSERT INTO daily_site_path_counts (site_id, date, path, visitors, visits, views)
+           SELECT $1, d::date, '/page-' || i, greatest(1, (10000.0 / (i + 1))::int),
+               greatest(1, (12000.0 / (i + 1))::int), greatest(1, (102000.0 / (i + 1))::int)
+           FROM generate_series($2::date, $3::date, interval '1 day') AS d,
+               generate_series(0, 9999) AS i""",
+        REPORT_SITE, first, REPORT_LAST_DAY,
+    )  # fmt: skip
+    await conn.execute(
+        """INSERT INTO daily_dimension_stats
+               (site_id, date, dimension, value, visitors, visits, pageviews, bounces,
+                duration_us, events)
+           SELECT $1, d::date, dim, dim || '-' || i, 100000 / (i + 1), 130000 / (i + 1),
+               330000 / (i + 1), 50000 / (i + 1), 60000000::bigint * (130000 / (i + 1)),
+               350000 / (i + 1)
+           FROM generate_series($2::date, $3::date, interval '1 day') AS d,
+               unnest($4::text[], $5::int[]) AS x(dim, n), generate_series(0, n - 1) AS i""",
+        REPORT_SITE, first, REPORT_LAST_DAY, list(_YEAR_DIMENSIONS), list(_YEAR_DIMENSIONS.values()),
+    )  # fmt: skip
+    await conn.execute(
+        """INSERT INTO daily_site_stats (site_id, date, total_views, unique_users, visits,
+               bounces, duration_us, events)
+           SELECT $1, d::date, 1000000, 100000, 300000, 120000, 300000 * 60000000::bigint,
+               1100000
+           FROM generate_series('2019-01-01'::date, $2::date, interval '1 day') AS d""",
+        REPORT_SITE, REPORT_LAST_DAY,
+    )  # fmt: skip
+    for table in ("daily_site_path_counts", "daily_dimension_stats", "daily_site_stats"):
+        await conn.execute(f"VACUUM ANALYZE {table}")
 
 
 def slow_clients(ctx: BenchContext, *, spread: bool = False) -> dict[str, Any]:

@@ -32,11 +32,17 @@ WRITTEN_TABLES = (
     "daily_site_path_counts",
     "daily_dimension_stats",
     "visitor_days",
+    "closed_months",
+    "monthly_site_path_counts",
+    "monthly_dimension_stats",
 )
 MIGRATIONS_TABLE = "schema_migrations"
 
 # pg_advisory_lock key that serialises migrations across processes ("anlytics" in ASCII).
 MIGRATION_LOCK_KEY = 0x616E6C7974696373
+# Closing a month (exclusive) against writing to a month that may be closed (shared):
+# processor/months.py ("months" in ASCII).
+MONTHS_LOCK_KEY = 0x6D6F6E746873
 
 # The times an event may carry, in microseconds since the Unix epoch: years 1 to 9999 (what
 # a datetime can hold), well inside PostgreSQL's range.
@@ -78,6 +84,9 @@ MAX_SCREEN_WIDTH = 100_000
 #   visitor_days (site_id, date, visitor)           8 + 3+4+128 + 3+4 + 16 + 7 = 173
 #   event_ids (event_id, site_id)                   8 + 16 + 3+4+128 + 7 = 166
 #   daily_site_stats (site_id, date)                8 + 3+4+128 + 3+4 + 7 = 157
+#   monthly_site_path_counts (site_id, month, path) 8 + 3+4+128 + 3+4 + 3+4+2048 + 7 = 2212
+#   monthly_dimension_stats (site_id, month, dimension, value) 8 + 3+4+128 + 3+4 + 3+4+312 + 3+4+2048 + 7 = 2531
+#   closed_months (site_id, month)                  8 + 3+4+128 + 3+4 + 7 = 157
 # events has no index (sql/003); event_type and user_agent are in none. The largest, 2,531,
 # leaves 173 bytes (6%) below the limit. A new index or a longer limit must redo this sum:
 # tests/test_storable_limits.py recomputes it from the schema's own indexes.

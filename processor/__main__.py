@@ -110,7 +110,7 @@ async def process_with(
     try:
         async with pool:
             # Shared by the writers and the folder: what is due to be folded, memos.
-            counting = Counting(visits=settings.count_visits)
+            counting = Counting(visits=settings.count_visits, max_age_s=settings.max_age_seconds)
             writers = [
                 StreamProcessor(
                     writer_settings(settings, number), client, pool, health, metrics, counting

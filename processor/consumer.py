@@ -43,6 +43,7 @@ from processor.full_redis import AloneAttempts, DeadLetterWriter, GroupCreator
 from processor.health import Health
 from processor.maintenance import parse_id
 from processor.metrics import ProcessorMetrics
+from processor.months import MonthCloser
 from processor.store import Counting, EventStore, PartitionUnavailable, StoreResult
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,10 @@ class StreamProcessor:
         self.metrics = ProcessorMetrics() if metrics is None else metrics
         self._redis = client
         self._pool = pool
-        self.counting = counting or Counting(visits=settings.count_visits)
+        self.counting = counting or Counting(
+            visits=settings.count_visits, max_age_s=settings.max_age_seconds
+        )
+        self._months = MonthCloser(settings.max_age_seconds)
         self._store = EventStore(
             pool, registered_only=settings.sites_mode == "registered", counting=self.counting
         )
@@ -437,6 +441,7 @@ class StreamProcessor:
                 await maintenance.keep_partitions_ahead(conn, self._store)
                 if self._settings.retention_days:
                     await maintenance.apply_retention(conn, self._settings.retention_days)
+                await self._months.maybe_close(conn)
         except UNAVAILABLE as exc:
             logger.warning("maintenance failed, will try again: %r", exc)
             self.health.failed("maintenance", exc)

@@ -29,6 +29,7 @@ import asyncpg
 from common.constants import MICROS_PER_DAY
 from processor.counting import VisitorDay, VisitorDayRows
 from processor.health import Health
+from processor.months import reopen, write_horizon
 from processor.rollups import FIND_DUE, FOLD_DUE, RollupChanges, folded_contribution
 from processor.store import Counting, apply_changes
 from processor.visits import decode_visits
@@ -89,6 +90,8 @@ async def _fold(
             folded += 1
         if folded:
             await apply_changes(conn, changes, VisitorDayRows())
+            horizon = write_horizon(counting.max_age_s)
+            await reopen(conn, {day for day in changes.days if day[1] < horizon})
     # Forget what is settled; what a batch holds now (skipped) is tried again next time.
     for record in taken:
         key = (record["site_id"], record["day"], record["visitor"])

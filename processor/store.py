@@ -19,6 +19,7 @@ from processor.counting import BatchCount, VisitorDay, VisitorDayRows, count_eve
 from processor.days import LocalDays, VisitorKeys
 from processor.decode import COLUMNS, Row
 from processor.enrich import Origin
+from processor.months import reopen, write_horizon
 from processor.rollups import (
     APPLY,
     CREATE_CHANGE_TABLES,
@@ -308,6 +309,7 @@ async def store_rows(
         if not counting.visits:
             counted = await conn.fetchrow(STORE_AND_COUNT)
             assert counted is not None
+            await _reopen_old_months(conn, rows, counting)
             return StoreResult(inserted=counted["inserted"], new_users=counted["new_users"])
         record = await conn.fetchrow(STORE_STAGED, len(rows), list({row[1] for row in rows}))
         assert record is not None
@@ -324,10 +326,18 @@ async def store_rows(
         )
         written = await _count_visitor_days(conn, batch) if batch.visitor_days else None
         await apply_changes(conn, batch.changes, written or VisitorDayRows())
+        await _reopen_old_months(conn, rows, counting)
     if written is not None:
         counting.remember_due(batch.fresh, written)
     counting.newest = max(counting.newest, max((row[5] for row in rows), default=0))
     return StoreResult(inserted=record["inserted"], new_users=batch.changes.new_visitors())
+
+
+async def _reopen_old_months(conn: asyncpg.Connection, rows: list[Row], counting: Counting) -> None:
+    """Events older than the edge accepts may be of a closed month (processor/months.py)."""
+    horizon = write_horizon(counting.max_age_s)
+    old = {(row[1], row[5] // MICROS_PER_DAY) for row in rows if row[5] // MICROS_PER_DAY < horizon}
+    await reopen(conn, old)
 
 
 # About 200 bytes each: at most some 40 MB.
@@ -340,6 +350,8 @@ class Counting:
     batches: time zone offsets, user_id hashes, visitor-days due to be folded."""
 
     visits: bool = False
+    # MAX_AGE_SECONDS: older events may be of a closed month (processor/months.py).
+    max_age_s: int = 7 * 86_400
     local_days: LocalDays = dataclasses.field(default_factory=LocalDays)
     visitor_keys: VisitorKeys = dataclasses.field(default_factory=VisitorKeys)
     newest: int = 0  # the latest event time stored, microseconds since 1970 (folding.py)

@@ -19,7 +19,7 @@ cannot be added up; hours), and every query while the processor does not count v
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Union
 
 import asyncpg
@@ -49,30 +49,36 @@ _EMPTY_LEFT_OUT = frozenset(
      "visit:utm_term", "visit:country", "visit:entry_page", "visit:exit_page", PAGE}
 )  # fmt: skip
 
-# The rows of each kind of source: $1 the site, $2 and $3 the first and last day;
-# `{dimension}` and `{values}` (a predicate on the column `value`) are filled in.
+# The rows of each kind of source: $1 the site; `{when}` the days (or closed months)
+# read, `{dimension}` and `{values}` (a predicate on the column `value`) are filled in.
 # rate_visits are the visits that bounce rate and visit duration are of: for a page,
-# the visits that entered by it (as Plausible counts them with a page filter).
+# the visits that entered by it (as Plausible counts them with a page filter). A closed
+# month's row (processor/months.py) stands for its days, dated its first day.
 _SITE_ROWS = """
 SELECT date, '' AS value, unique_users AS visitors, visits, total_views AS pageviews,
     bounces, duration_us, events, visits AS rate_visits
-FROM daily_site_stats WHERE site_id = $1 AND date BETWEEN $2 AND $3
+FROM daily_site_stats WHERE site_id = $1 AND {when}
 """
 _DIMENSION_ROWS = """
-SELECT date, value, visitors, visits, pageviews, bounces, duration_us, events,
+SELECT {date} AS date, value, visitors, visits, pageviews, bounces, duration_us, events,
     visits AS rate_visits
-FROM daily_dimension_stats
-WHERE site_id = $1 AND date BETWEEN $2 AND $3 AND dimension = {dimension} AND {values}
+FROM {table}_dimension_stats
+WHERE site_id = $1 AND {when} AND dimension = {dimension} AND {values}
 """
 _PAGE_ROWS = """
-SELECT date, value, visitors, visits, views AS pageviews, 0 AS bounces,
+SELECT {date} AS date, path AS value, visitors, visits, views AS pageviews, 0 AS bounces,
     0 AS duration_us, 0 AS events, 0 AS rate_visits
-FROM daily_site_path_counts AS p, LATERAL (SELECT p.path AS value) AS v
-WHERE site_id = $1 AND date BETWEEN $2 AND $3 AND {values}
-UNION ALL
-SELECT date, value, 0, 0, 0, bounces, duration_us, 0, visits
-FROM daily_dimension_stats
-WHERE site_id = $1 AND date BETWEEN $2 AND $3 AND dimension = {dimension} AND {values}
+FROM {table}_site_path_counts
+WHERE site_id = $1 AND {when} AND {paths}
+"""
+# With the bounce rate or visit duration: those of the visits entering by each page.
+_ENTRY_ROWS = """
+SELECT {date} AS date, value, 0, 0, 0, bounces, duration_us, 0, visits
+FROM {table}_dimension_stats
+WHERE site_id = $1 AND {when} AND dimension = {dimension} AND {values}
+"""
+_CLOSED_MONTHS = """
+SELECT month FROM closed_months WHERE site_id = $1 AND month BETWEEN $2 AND $3 ORDER BY month
 """
 
 
@@ -105,7 +111,9 @@ def rollup_source(query: Query) -> Source | None:
 Reader = Union["Statement", RawStatement]
 
 
-def reader(query: Query, period: Period, *, rollups: bool) -> Reader:
+async def reader(
+    conn: asyncpg.Pool | asyncpg.Connection, query: Query, period: Period, *, rollups: bool
+) -> Reader:
     """The statement that gives the query's sums per key: from the rollups where they
     answer it (`rollups`: they hold visits), else from the raw events."""
     filters = tuple(_stored(f) for f in query.filters)
@@ -119,7 +127,39 @@ def reader(query: Query, period: Period, *, rollups: bool) -> Reader:
         group = ""
     if source is None:
         return RawStatement(query.site_id, query.time_zone, period, filters, group)
-    return Statement(query.site_id, source, period, "value" if query.property else group)
+    rates = bool({"bounce_rate", "visit_duration"} & set(query.metrics))
+    closed: list[date] = []
+    if source.dimension and group != "day" and period.days >= 28:
+        closed = [
+            r["month"]
+            for r in await conn.fetch(_CLOSED_MONTHS, query.site_id, period.first, period.last)
+            if _month_end(r["month"]) <= period.last
+        ]
+    return Statement(
+        query.site_id,
+        source,
+        period,
+        "value" if query.property else group,
+        rates=rates,
+        closed=closed,
+    )
+
+
+def _open_runs(period: Period, closed: list[date]) -> list[tuple[date, date]]:
+    """The period's days outside the closed months, as runs of consecutive days."""
+    runs: list[tuple[date, date]] = []
+    start = period.first
+    for month in sorted(closed):
+        if start < month:
+            runs.append((start, month - timedelta(days=1)))
+        start = _month_end(month) + timedelta(days=1)
+    if start <= period.last:
+        runs.append((start, period.last))
+    return runs
+
+
+def _month_end(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1) - timedelta(days=1)
 
 
 def _stored(condition: Filter) -> Filter:
@@ -158,17 +198,49 @@ def result_key(prop: str) -> str:
 class Statement:
     """The SQL and arguments that add up a source's rows over a period."""
 
-    def __init__(self, site_id: str, source: Source, period: Period, group: str):
-        """`group`: "" (one row), "day", "month" or "value"."""
-        self.args: list[Any] = [site_id, period.first, period.last]
-        predicate = " AND ".join(self._predicate(f) for f in source.values) or "true"
+    def __init__(
+        self,
+        site_id: str,
+        source: Source,
+        period: Period,
+        group: str,
+        *,
+        rates: bool = True,
+        closed: list[date] | None = None,
+    ):
+        """`group`: "" (one row), "day", "month" or "value"; `rates`: the bounce rate or
+        visit duration are asked for; `closed`: closed months wholly in the period, read
+        as such (not with a "day" group)."""
+        self.args: list[Any] = [site_id]
+        closed = closed or []
+        # Daily rows by ranges of days (each an index range scan), closed months' rows.
+        parts = [
+            ("daily", "date", self._range(first, last))
+            for first, last in _open_runs(period, closed)
+        ]
+        if closed:
+            self.args.append(list(closed))
+            parts.append(("monthly", "month", f"month = ANY(${len(self.args)}::date[])"))
         if source.dimension == "":
-            rows = _SITE_ROWS
+            rows = [_SITE_ROWS.format(when=when) for table, _, when in parts if table == "daily"]
         else:
-            # A page's bounces and durations are those of the visits entering by it.
-            self.args.append(ENTRY_PAGE if source.dimension == PAGE else source.dimension)
-            template = _PAGE_ROWS if source.dimension == PAGE else _DIMENSION_ROWS
-            rows = template.format(dimension=f"${len(self.args)}", values=predicate)
+            # Every parameter must be used (PostgreSQL infers their types from that).
+            page = source.dimension == PAGE
+            dimension = values = ""
+            if rates or not page:
+                self.args.append(ENTRY_PAGE if page else source.dimension)
+                dimension = f"${len(self.args)}"
+                values = self._all("value", source.values)
+            paths = self._all("path", source.values) if page else ""
+            rows = []
+            for table, day, when in parts:
+                fill = {"table": table, "date": day, "when": when, "dimension": dimension}
+                if source.dimension != PAGE:
+                    rows.append(_DIMENSION_ROWS.format(values=values, **fill))
+                    continue
+                rows.append(_PAGE_ROWS.format(paths=paths, **fill))
+                if rates:  # a page's bounces and durations: the visits entering by it
+                    rows.append(_ENTRY_ROWS.format(values=values, **fill))
         key = {
             "": "NULL::text",
             "day": "date::text",
@@ -177,10 +249,15 @@ class Statement:
         }[group]
         sums = ", ".join(f"sum({name})::bigint AS {name}" for name in SUMS)
         grouping = "" if group == "" else "GROUP BY 1"
-        self.sql = f"SELECT {key} AS key, {sums} FROM ({rows}) AS r {grouping}"
+        union = " UNION ALL ".join(rows)
+        self.sql = f"SELECT {key} AS key, {sums} FROM ({union}) AS r {grouping}"
 
-    def _predicate(self, condition: Filter) -> str:
-        return predicate("value", condition, self.args)
+    def _range(self, first: date, last: date) -> str:
+        self.args += [first, last]
+        return f"date BETWEEN ${len(self.args) - 1} AND ${len(self.args)}"
+
+    def _all(self, column: str, conditions: tuple[Filter, ...]) -> str:
+        return " AND ".join(predicate(column, c, self.args) for c in conditions) or "true"
 
     def select(self, metrics: tuple[str, ...], *, order: str | None = None) -> str:
         return select_metrics(self.sql, metrics, self.args, order=order)
@@ -190,7 +267,7 @@ async def aggregate(
     conn: asyncpg.Pool | asyncpg.Connection, query: Query, period: Period, *, rollups: bool
 ) -> dict[str, Any]:
     """The metrics over the whole period (zeros where nothing was counted)."""
-    statement = reader(query, period, rollups=rollups)
+    statement = await reader(conn, query, period, rollups=rollups)
     row = await conn.fetchrow(statement.select(query.metrics), *statement.args)
     values = {m: None for m in query.metrics} if row is None else dict(row)
     return {m: _aggregate_value(m, values[m]) for m in query.metrics}
@@ -206,7 +283,7 @@ async def timeseries(
     conn: asyncpg.Pool | asyncpg.Connection, query: Query, *, rollups: bool
 ) -> list[dict[str, Any]]:
     """A row per hour, day or month of the period, empty ones included, in order."""
-    statement = reader(query, query.period, rollups=rollups)
+    statement = await reader(conn, query, query.period, rollups=rollups)
     rows = await conn.fetch(statement.select(query.metrics), *statement.args)
     found = {row["key"]: row for row in rows}
     results = []
@@ -243,7 +320,7 @@ async def breakdown(
     """A page of the property's values, by the first metric (then value) as Plausible
     sorts them; the empty value is shown by its placeholder, or left out (B.6, B.7)."""
     assert query.property is not None
-    statement = reader(query, query.period, rollups=rollups)
+    statement = await reader(conn, query, query.period, rollups=rollups)
     if query.property in _EMPTY_LEFT_OUT:
         statement.sql = f"SELECT * FROM ({statement.sql}) AS all_keys WHERE key <> ''"
     order = next((m for m in query.metrics if m != "time_on_page"), query.metrics[0])

@@ -223,3 +223,40 @@ def _visitor(event: dict[str, Any]) -> uuid.UUID | None:
 
 def _dimension_values(event: dict[str, Any]) -> list[str]:
     return [event[name] or "" for name in VISIT_PROPERTIES]
+
+
+def expected_months(
+    daily: dict[str, dict[tuple[Any, ...], tuple[int, ...]]],
+) -> dict[str, dict[tuple[Any, ...], tuple[int, ...]]]:
+    """The monthly rollups a closing of every month gives: the daily rows added up."""
+    months: dict[str, dict[tuple[Any, ...], list[int]]] = {
+        "monthly_site_path_counts": defaultdict(lambda: [0, 0, 0]),
+        "monthly_dimension_stats": defaultdict(lambda: [0] * 6),
+    }
+    for table, monthly in (
+        ("daily_site_path_counts", "monthly_site_path_counts"),
+        ("daily_dimension_stats", "monthly_dimension_stats"),
+    ):
+        for (site, day, *key), figures in daily[table].items():
+            row = months[monthly][(site, day.replace(day=1), *key)]
+            for index, figure in enumerate(figures):
+                row[index] += figure
+    return {table: {k: tuple(v) for k, v in rows.items()} for table, rows in months.items()}
+
+
+async def stored_months(
+    conn: asyncpg.Connection | asyncpg.Pool,
+) -> dict[str, dict[tuple[Any, ...], tuple[int, ...]]]:
+    pages = await conn.fetch(
+        "SELECT site_id, month, path, visitors, visits, views FROM monthly_site_path_counts"
+    )
+    dims = await conn.fetch(
+        "SELECT site_id, month, dimension, value, visitors, visits, pageviews, bounces,"
+        " duration_us, events FROM monthly_dimension_stats"
+    )
+    return {
+        "monthly_site_path_counts": {
+            tuple(r)[:3]: tuple(r)[3:] for r in pages if any(tuple(r)[3:])
+        },
+        "monthly_dimension_stats": {tuple(r)[:4]: tuple(r)[4:] for r in dims if any(tuple(r)[4:])},
+    }

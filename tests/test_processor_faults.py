@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,16 @@ from common.migrate import prepare_database
 from ingest.validation import parse_event
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
 from processor.maintenance import apply_retention, parse_id, trim_floor, trim_stream
+from processor.months import close_months
 from processor.store import Counting, prepare_connection
 from tests import datasets, visits_dataset
 from tests.conftest import ROOT, drain, make_processor, settings_env
 from tests.rollup_answers import (
     differences,
+    expected_months,
     expected_rollups,
     stored_events,
+    stored_months,
     stored_rollups,
     time_zones,
 )
@@ -194,6 +198,16 @@ async def assert_exact(scenario: Scenario, client: redis.Redis, pool: asyncpg.Po
     wanted, found = expected_rollups(events, await time_zones(pool)), await stored_rollups(pool)
     assert not differences(wanted, found), "\n".join(differences(wanted, found))
     assert sum(v[1] for v in found["daily_site_stats"].values()) > 0  # visits were counted
+    # Every month closed (as if long past): its sums are the definitions' days added up.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await close_months(conn, settings.max_age_seconds, date(2100, 1, 1)) > 0
+    finally:
+        await conn.close()
+    months = await stored_months(pool)
+    assert not differences(expected_months(wanted), months), "\n".join(
+        differences(expected_months(wanted), months)
+    )
     pending = await client.xpending(settings.stream_key, settings.consumer_group)
     assert pending["pending"] == 0
     assert await client.xlen(settings.stream_key) == 0, "acknowledged entries were not trimmed"

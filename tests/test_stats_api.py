@@ -99,6 +99,15 @@ class Answers:
     def days(self, site: str) -> list[date]:
         return sorted({day for (s, day, _, _) in self.rows if s == site})
 
+    def span(self, site: str) -> tuple[date, date, dict[str, str]]:
+        """The site's first and last day, and the parameters of that custom period."""
+        days = self.days(site)
+        return (
+            days[0],
+            days[-1],
+            {"site_id": site, "period": "custom", "date": f"{days[0]},{days[-1]}"},
+        )
+
 
 def metric(name: str, sums: list[int] | None, *, bucket: bool = False) -> Any:
     """`bucket`: in a timeseries, where a day without any figure has no visit duration."""
@@ -190,9 +199,7 @@ BOTH_SOURCES = pytest.mark.parametrize("settings", ["rollups", "raw events"], in
 async def test_aggregate_timeseries_and_every_breakdown_are_the_definitions(
     http: httpx.AsyncClient, answered: Answers, site: str
 ) -> None:
-    days = answered.days(site)
-    first, last = days[0], days[-1]
-    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+    first, last, custom = answered.span(site)
     metrics = [*SESSION_METRICS, "views_per_visit"]
     body = await get(http, "aggregate", **custom, metrics=",".join(metrics))
     totals = answered.sums(site, first, last, "")[""]
@@ -278,9 +285,7 @@ async def test_months_filters_pages_and_compare_are_the_definitions(
     http: httpx.AsyncClient, answered: Answers
 ) -> None:
     site = "la.example"
-    days = answered.days(site)
-    first, last = days[0], days[-1]
-    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+    first, last, custom = answered.span(site)
 
     months = await get(http, "timeseries", **custom, interval="month", metrics="visitors,visits")
     month = first.replace(day=1)
@@ -636,9 +641,7 @@ RAW_BREAKDOWNS = [
 async def test_what_only_the_raw_events_answer_is_the_definitions(
     http: httpx.AsyncClient, answered: Answers, site: str
 ) -> None:
-    days = answered.days(site)
-    first, last = days[0], days[-1]
-    custom = {"site_id": site, "period": "custom", "date": f"{first},{last}"}
+    first, last, custom = answered.span(site)
     checked = 0
     for filters in RAW_AGGREGATES:
         event_filter = any(not f.startswith("visit:") for f in filters)
@@ -668,7 +671,7 @@ async def test_what_only_the_raw_events_answer_is_the_definitions(
         assert rows, (prop, filters)
     # Hours of each day (period=day), with and without filters.
     metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]
-    for day in days:
+    for day in answered.days(site):
         for filters in ([], ["visit:source==Direct / None", "visit:browser!=Safari"]):
             params = {"site_id": site, "period": "day", "date": day.isoformat()}
             if filters:
@@ -710,8 +713,7 @@ async def test_breakdowns_and_timeseries_as_csv_are_their_json(
     http: httpx.AsyncClient, answered: Answers
 ) -> None:
     site = "berlin.example"
-    days = answered.days(site)
-    custom = {"site_id": site, "period": "custom", "date": f"{days[0]},{days[-1]}"}
+    *_, custom = answered.span(site)
     for endpoint, extra, first in [
         ("breakdown", {"property": "visit:source", "metrics": "visitors,visit_duration"}, "source"),
         ("timeseries", {"metrics": "visitors,bounce_rate,visit_duration"}, "date"),
