@@ -216,10 +216,16 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         ("ingest_batch", "POST /events\nvs bare app"),
         ("processing", "processor\nvs raw COPY"),
         ("poison", "processor, 0.5% poison\nvs clean"),
-        ("reporting", "GET /stats\nvs /health"),
     ]:
         if key in results:
             bars.append((label, results[key]["ratio"]))
+    report = results.get("reporting", {})
+    for key, label in (
+        ("stats_day", "GET /stats\nvs /health"),
+        ("pages_365d", "pages, a year\nvs /health"),
+    ):
+        if key in report:
+            bars.append((label, report[key]["ratio"]))
     figure, axis = plt.subplots(figsize=(7, 3.5))
     axis.bar([b[0] for b in bars], [b[1] for b in bars], color="#4c72b0")
     for index, (_, ratio) in enumerate(bars):

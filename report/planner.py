@@ -26,7 +26,7 @@ import asyncpg
 
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, PAGE, PROPS_PREFIX
-from report.query import Filter, Period, Query
+from report.query import HOSTNAME, Filter, Period, Query
 from report.raw import VERSION_SEPARATOR, VERSIONS, RawStatement
 from report.sums import SUMS, predicate, select_metrics
 
@@ -93,6 +93,8 @@ class Source:
 def rollup_source(query: Query) -> Source | None:
     """The rollup rows that answer the query exactly; None where none do."""
     if query.interval == "hour":
+        return None
+    if any(f.property == HOSTNAME for f in query.filters):  # in no rollup
         return None
     if query.property is not None:
         if query.property in VERSIONS:  # kept per version alone: by browser too from events

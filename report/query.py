@@ -23,9 +23,9 @@ VISIT_PROPERTIES = frozenset(
 )
 KEPT_PROPERTIES = VISIT_PROPERTIES | {PAGE, EVENT_NAME}
 # Plausible's properties that this server does not keep (it answers so, by name).
-NOT_KEPT = frozenset(
-    {"event:goal", "event:hostname", "visit:channel", "visit:region", "visit:city"}
-)
+NOT_KEPT = frozenset({"event:goal", "visit:channel", "visit:region", "visit:city"})
+# A filter only, as with Plausible (read from the raw events: report/raw.py).
+HOSTNAME = "event:hostname"
 
 METRICS = (
     "visitors",
@@ -257,6 +257,7 @@ def _check_property(field: str, name: str, *, filter_: bool) -> None:
     valid = (
         name in KEPT_PROPERTIES
         or name in NOT_KEPT
+        or name == HOSTNAME
         or (name.startswith(PROPS_PREFIX) and len(name) > len(PROPS_PREFIX))
     )
     if not valid:

@@ -28,7 +28,7 @@ from typing import Any
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, EXIT_PAGE, PAGE, PROPS_PREFIX
 from processor.visits import VISIT_DIMENSIONS
-from report.query import Filter, Period
+from report.query import HOSTNAME, Filter, Period
 from report.sums import predicate, select_metrics
 
 _VISIT_COLUMNS = {f"visit:{name}": name for name in VISIT_DIMENSIONS} | {
@@ -48,7 +48,7 @@ WITH ev AS (
     SELECT (e."timestamp" AT TIME ZONE $2) AS local, e."timestamp" AS at,
         (extract(epoch FROM e."timestamp") * 1000000)::bigint AS micros,
         visitor_key(e.user_id, e.visitor_id) AS visitor, e.event_type, e.path, e.props,
-        e.interactive, {_DIMENSIONS}
+        e.interactive, coalesce(e.hostname, '') AS hostname, {_DIMENSIONS}
     FROM events AS e
     WHERE e.site_id = $1
         AND e."timestamp" >= $3::date::timestamp AT TIME ZONE $2
@@ -190,6 +190,8 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
             return f"(n.pageview AND {self._predicate('n.path', condition)})"
         if condition.property == EVENT_NAME:
             return self._predicate("n.event_type", condition)
+        if condition.property == HOSTNAME:
+            return self._predicate("n.hostname", condition)
         key = self._literal(condition.property[len(PROPS_PREFIX) :])
         return self._predicate(f"(n.props ->> {key})", condition)
 

@@ -44,6 +44,7 @@ EVENT_COLUMNS = ", ".join(
         *VISIT_PROPERTIES,
         "props",
         "interactive",
+        "hostname",
     )
 )
 Figures = list[int]  # visitors, visits, pageviews, bounces, duration (µs), events

@@ -515,6 +515,8 @@ def event_value(event: dict[str, Any], prop: str) -> str | None:
         return event["path"] if event["event_type"] == "page_view" else None
     if prop == "event:name":
         return event["event_type"]
+    if prop == "event:hostname":
+        return event["hostname"] or ""
     return orjson.loads(event["props"] or "{}").get(prop.removeprefix("event:props:"))
 
 
@@ -626,6 +628,8 @@ RAW_AGGREGATES = [
     ["visit:device!=Mobile", "event:page==/p/1*"],
     ["visit:entry_page==/p/2|/p/3|/p/4", "visit:os==(not set)"],
     ["event:page==/p/1|/p/2", "event:page!=/p/2"],
+    ["event:hostname==*.example", "visit:browser==Firefox"],
+    ["event:hostname!=la.example"],
 ]
 RAW_BREAKDOWNS = [
     ("event:page", ["visit:browser==Firefox"], ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]),
