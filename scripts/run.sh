@@ -14,8 +14,10 @@ cat <<EOF
 beacon-analytics is starting (Ctrl-C stops it):
   events:     POST $base/event  (Plausible: $base/api/event, Umami: $base/api/send)
   tracker:    $base/script.js
-  reports:    $base/stats?site_id=...&date=YYYY-MM-DD
-  health:     $base/healthz, readiness: $base/readyz
+  dashboard:  $base/dashboard
+  reports:    $base/api/v1/stats/aggregate?site_id=... (Plausible's Stats API), $base/stats?site_id=...&date=YYYY-MM-DD
+  every route: $base/openapi.json
+  health:     $base/healthz, readiness: $base/readyz, metrics: $base/metrics
 EOF
 
 stop() { kill -TERM "$server" "$processor" 2>/dev/null; }
