@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -39,7 +40,7 @@ from report import dashboard, stats_api
 from report.access import ReportingAccess
 from report.cache import AnswerCache
 from report.endpoints import StatsDatabase, stats
-from report.export import export_events
+from report.export import EXPORTS_AT_ONCE, export_events
 from report.openapi import openapi_json
 from sites.live import LiveRegistry
 
@@ -53,6 +54,7 @@ class State(TypedDict):
     reporting_access: ReportingAccess
     rollups_have_visits: bool
     answer_cache: AnswerCache
+    export_slots: asyncio.Semaphore
     readiness: Readiness
 
 
@@ -181,6 +183,7 @@ def create_app(settings: Settings) -> IngestRouter:
                 # The Stats API reads visits from the rollups only where they hold them.
                 "rollups_have_visits": settings.count_visits,
                 "answer_cache": AnswerCache(settings.report_cache_ms),
+                "export_slots": asyncio.Semaphore(EXPORTS_AT_ONCE),
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
                 "metrics": publisher,
             }

@@ -53,8 +53,6 @@ _NDJSON = f"SELECT row_to_json(r)::text FROM ({_ROWS}) AS r"
 _CSV_OPTIONS: dict[str, object] = {"format": "csv", "header": True}
 _NDJSON_OPTIONS: dict[str, object] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
 
-_slots = asyncio.Semaphore(EXPORTS_AT_ONCE)
-
 
 def _bad(field: str, code: str, message: str) -> Response:
     return OrjsonResponse({"error": message, "code": code, "field": field}, status_code=400)
@@ -79,23 +77,28 @@ async def export_events(request: Request) -> Response:
     pool: asyncpg.Pool | None = request.state.stats_db.pool
     if pool is None:
         return unavailable("the database is unavailable; retry later")
-    if _slots.locked():
+    slots: asyncio.Semaphore = request.state.export_slots
+    if slots.locked():
         return unavailable(f"{EXPORTS_AT_ONCE} exports are running; retry later")
     query = _ROWS if csv else _NDJSON
     args = (site_id, time_zone, period.first, period.last)
     options = _CSV_OPTIONS if csv else _NDJSON_OPTIONS
     name = f"{site_id}-{period.first}-{period.last}.{'csv' if csv else 'ndjson'}"
     return StreamingResponse(
-        _stream(pool, query, args, options),
+        _stream(pool, slots, query, args, options),
         media_type="text/csv; charset=utf-8" if csv else "application/x-ndjson",
         headers=attachment(name),
     )
 
 
 async def _stream(
-    pool: asyncpg.Pool, query: str, args: tuple[object, ...], options: dict[str, object]
+    pool: asyncpg.Pool,
+    slots: asyncio.Semaphore,
+    query: str,
+    args: tuple[object, ...],
+    options: dict[str, object],
 ) -> AsyncIterator[bytes]:
-    async with _slots, pool.acquire() as conn:
+    async with slots, pool.acquire() as conn:
         chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUED_CHUNKS)
 
         async def put(chunk: bytearray) -> None:

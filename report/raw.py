@@ -118,34 +118,33 @@ class RawStatement:
         anonymous = all(f.property == PAGE for f in filters) and (
             group in ("", "hour", "day", "month", PAGE)
         )
+        # The optional parts, each a line of SQL or nothing.
+        in_matching_visits = (
+            f"AND (v.day, v.visitor, v.visit_no) IN (SELECT day, visitor, visit_no"
+            f" FROM numbered AS n WHERE n.visitor IS NOT NULL AND {event_where})"
+            if event_where
+            else ""
+        )
+        page_views_only = "AND n.pageview" if group == PAGE else ""
+        with_the_property = f"AND n.props ? {self._prop}" if self._prop else ""
+        event_key = self._event_key(group)
+        events_without_visitor = (
+            f"UNION ALL SELECT n.*, {event_key} AS key FROM numbered AS n"
+            f" WHERE n.visitor IS NULL AND {event_where or 'true'} {page_views_only}"
+            if anonymous
+            else ""
+        )
         counted_visits = f"""
 counted_visits AS (
     SELECT v.*, {rate_ok} AS rate_ok FROM visits AS v
-    WHERE {visit_where or "true"}
-    {
-            ""
-            if not event_where
-            else f'''AND (v.day, v.visitor, v.visit_no) IN (
-        SELECT day, visitor, visit_no FROM numbered AS n
-        WHERE n.visitor IS NOT NULL AND {event_where})'''
-        }
+    WHERE {visit_where or "true"} {in_matching_visits}
 )"""
-        event_key = self._event_key(group)
-        visit_key = self._visit_key(group)
         counted_events = f"""
 counted_events AS (
     SELECT n.*, {event_key} AS key FROM numbered AS n
     JOIN counted_visits AS v USING (day, visitor, visit_no)
-    WHERE {event_where or "true"} {"AND n.pageview" if group == PAGE else ""}
-        {f"AND n.props ? {self._prop}" if self._prop else ""}
-    {
-            f'''UNION ALL
-    SELECT n.*, {event_key.replace("v.", "n.")} AS key FROM numbered AS n
-    WHERE n.visitor IS NULL AND {event_where or "true"}
-        {"AND n.pageview" if group == PAGE else ""}'''
-            if anonymous
-            else ""
-        }
+    WHERE {event_where or "true"} {page_views_only} {with_the_property}
+    {events_without_visitor}
 )"""
         event_sums = """
 event_sums AS (
@@ -158,7 +157,7 @@ event_sums AS (
 )"""
         visit_sums = f"""
 visit_sums AS (
-    SELECT {visit_key} AS key, count(*) AS visits,
+    SELECT {self._visit_key(group)} AS key, count(*) AS visits,
         count(*) FILTER (WHERE rate_ok AND bounce) AS bounces,
         coalesce(sum(duration_us) FILTER (WHERE rate_ok), 0) AS duration_us,
         count(*) FILTER (WHERE rate_ok) AS rate_visits
@@ -200,29 +199,40 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
         return f"${len(self.args)}::text"
 
     def _event_key(self, group: str) -> str:
-        if group == "":
-            return "''::text"  # one key, on both sides of the join
-        if group == "hour":
-            return "to_char(date_trunc('hour', n.local), 'YYYY-MM-DD HH24:00:00')"
-        if group == "day":
-            return "n.day::text"
-        if group == "month":
-            return "date_trunc('month', n.day)::date::text"
+        """What an event counts under: its time, page, name or property, or its visit's."""
+        if group in ("", "hour", "day", "month"):
+            return _time_key(group, "n", "n.local")
         if group == PAGE:
             return "n.path"
         if group == EVENT_NAME:
             return "n.event_type"
         if group.startswith(PROPS_PREFIX):
             return f"(n.props ->> {self._prop})"
-        if group in VERSIONS:  # a version is a browser's or a system's: both make the key
-            return f"(v.{VERSIONS[group]} || '{VERSION_SEPARATOR}' || v.{_VISIT_COLUMNS[group]})"
-        return f"v.{_VISIT_COLUMNS[group]}"
+        return _visit_property(group)
 
     def _visit_key(self, group: str) -> str:
-        if group == "hour":
-            return "to_char(date_trunc('hour', v.started), 'YYYY-MM-DD HH24:00:00')"
+        """What a visit counts under: its start, entry page or property; NULL where the
+        group is events' only (names, properties)."""
+        if group in ("", "hour", "day", "month"):
+            return _time_key(group, "v", "v.started")
         if group == PAGE:
             return "v.entry_page"
-        if group in ("", "day", "month") or group in _VISIT_COLUMNS:
-            return self._event_key(group).replace("n.", "v.")
-        return "NULL::text"  # no visit figures: event names and properties
+        if group in _VISIT_COLUMNS:
+            return _visit_property(group)
+        return "NULL::text"
+
+
+def _time_key(group: str, alias: str, moment: str) -> str:
+    if group == "hour":
+        return f"to_char(date_trunc('hour', {moment}), 'YYYY-MM-DD HH24:00:00')"
+    if group == "day":
+        return f"{alias}.day::text"
+    if group == "month":
+        return f"date_trunc('month', {alias}.day)::date::text"
+    return "''::text"  # one key, the same on both sides of the join
+
+
+def _visit_property(group: str) -> str:
+    if group in VERSIONS:  # a version is a browser's or a system's: both make the key
+        return f"(v.{VERSIONS[group]} || '{VERSION_SEPARATOR}' || v.{_VISIT_COLUMNS[group]})"
+    return f"v.{_VISIT_COLUMNS[group]}"
