@@ -24,7 +24,7 @@ from common.migrate import (
     retry_until_stopped,
 )
 from report.access import ReportingAccess
-from report.cache import AnswerCache
+from report.cache import AnswerCache, request_key
 from report.queries import daily_stats
 from report.responses import OrjsonResponse, unavailable
 
@@ -167,4 +167,6 @@ async def stats(request: Request) -> Response:
         )
 
     cache: AnswerCache = request.state.answer_cache
-    return await cache.answer(("/stats", site_id, day), compute)
+    return await cache.answer(
+        ("/stats", site_id, day), compute, request=request_key(request.scope), site_id=site_id
+    )

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from common.constants import MAX_SITE_ID
 from report import planner
 from report.access import KEY_REQUIRED, Refusal, ReportingAccess
-from report.cache import AnswerCache
+from report.cache import AnswerCache, request_key
 from report.endpoints import read_database
 from report.query import Query, QueryError, parse
 from report.responses import OrjsonResponse, csv_response
@@ -105,7 +105,7 @@ async def _answer(
     # `today` is part of it: a period without a date moves at the site's midnight.
     key = (request.url.path, query, wants_csv)
     cache: AnswerCache = request.state.answer_cache
-    return await cache.answer(key, compute)
+    return await cache.answer(key, compute, request=request_key(request.scope), site_id=site_id)
 
 
 async def _aggregate(pool: asyncpg.Pool, query: Query, rollups: bool) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import time
 from datetime import date
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,6 +19,8 @@ from starlette.responses import Response
 from common.config import Settings
 from report import cache
 from report.cache import AnswerCache
+from sites import keys
+from tests.conftest import free_port
 
 
 class Counter:
@@ -125,3 +128,29 @@ async def test_through_http_a_change_shows_within_the_bound(
         params={"site_id": "c", "period": "day", "date": "2026-03-01", "metrics": "pageviews"},
     )
     assert first.json() == {"results": {"pageviews": {"value": 2}}}
+
+
+async def test_an_answer_sent_again_at_once_still_checks_the_key(
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool, start_server: Any
+) -> None:
+    """Asked again exactly so, an answer is sent straight from the cache: the key is
+    checked as always (another site's key refused, the rate counted)."""
+    await db.execute("INSERT INTO sites (site_id) VALUES ('c'), ('d')")
+    async with db.acquire() as conn:
+        key, _ = await keys.create(conn, name="k", scope="stats:read", site_ids=["c"])
+        other, _ = await keys.create(conn, name="o", scope="stats:read", site_ids=["d"])
+    limited = dataclasses.replace(
+        settings, port=free_port(), key_rate_limit=3, registry_refresh_ms=100
+    )
+    async with httpx.AsyncClient(base_url=start_server(limited), timeout=10) as client:
+        params = {"site_id": "c", "date": "2026-03-01"}
+        mine, theirs = ({"authorization": f"Bearer {k}"} for k in (key, other))
+        for _ in range(200):  # until the server has read the registry (503 before)
+            if (await client.get("/stats", params=params, headers=mine)).status_code == 200:
+                break  # the first of the key's 3 requests a minute
+            await asyncio.sleep(0.05)
+        assert (await client.get("/stats", params=params, headers=theirs)).status_code == 403
+        assert (await client.get("/stats", params=params)).status_code == 401
+        assert (await client.get("/stats", params=params, headers=mine)).status_code == 200
+        assert (await client.get("/stats", params=params, headers=mine)).status_code == 200
+        assert (await client.get("/stats", params=params, headers=mine)).status_code == 429
