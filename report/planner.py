@@ -27,7 +27,7 @@ import asyncpg
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, PAGE, PROPS_PREFIX
 from report.query import HOSTNAME, Filter, Period, Query
-from report.raw import VERSION_SEPARATOR, VERSIONS, RawStatement
+from report.raw import NO_PROPERTY, VERSION_SEPARATOR, VERSIONS, RawStatement
 from report.sums import SUMS, predicate, select_metrics
 
 DIRECT = "Direct / None"
@@ -99,6 +99,8 @@ def rollup_source(query: Query) -> Source | None:
     if query.property is not None:
         if query.property in VERSIONS:  # kept per version alone: by browser too from events
             return None
+        if query.property.startswith(PROPS_PREFIX):  # with "(none)": events without it
+            return None
         if any(f.property != query.property for f in query.filters):
             return None
         return Source(query.property, query.filters)
@@ -107,6 +109,8 @@ def rollup_source(query: Query) -> Source | None:
     first = query.filters[0]
     if len(query.filters) > 1 or first.negated or first.pattern or len(first.values) != 1:
         return None
+    if first.property.startswith(PROPS_PREFIX) and first.values == (NO_PROPERTY,):
+        return None  # events without the property: in no rollup
     return Source(first.property, (first,))
 
 

@@ -38,6 +38,7 @@ _VISIT_COLUMNS = {f"visit:{name}": name for name in VISIT_DIMENSIONS} | {
 # Plausible breaks versions down by browser (or system) and version together.
 VERSIONS = {"visit:browser_version": "browser", "visit:os_version": "os"}
 VERSION_SEPARATOR = "\x1f"
+NO_PROPERTY = "(none)"
 _DIMENSIONS = ", ".join(f"coalesce(e.{name}, '') AS {name}" for name in VISIT_DIMENSIONS)
 _FIRST_ORDER = ", ".join(VISIT_DIMENSIONS)
 
@@ -126,7 +127,6 @@ class RawStatement:
             else ""
         )
         page_views_only = "AND n.pageview" if group == PAGE else ""
-        with_the_property = f"AND n.props ? {self._prop}" if self._prop else ""
         event_key = self._event_key(group)
         events_without_visitor = (
             f"UNION ALL SELECT n.*, {event_key} AS key FROM numbered AS n"
@@ -143,7 +143,7 @@ counted_visits AS (
 counted_events AS (
     SELECT n.*, {event_key} AS key FROM numbered AS n
     JOIN counted_visits AS v USING (day, visitor, visit_no)
-    WHERE {event_where or "true"} {page_views_only} {with_the_property}
+    WHERE {event_where or "true"} {page_views_only}
     {events_without_visitor}
 )"""
         event_sums = """
@@ -192,7 +192,7 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
         if condition.property == HOSTNAME:
             return self._predicate("n.hostname", condition)
         key = self._literal(condition.property[len(PROPS_PREFIX) :])
-        return self._predicate(f"(n.props ->> {key})", condition)
+        return self._predicate(_property_value(key), condition)
 
     def _literal(self, text: str) -> str:
         self.args.append(text)
@@ -207,7 +207,7 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
         if group == EVENT_NAME:
             return "n.event_type"
         if group.startswith(PROPS_PREFIX):
-            return f"(n.props ->> {self._prop})"
+            return _property_value(self._prop)
         return _visit_property(group)
 
     def _visit_key(self, group: str) -> str:
@@ -220,6 +220,11 @@ FROM event_sums AS e FULL JOIN visit_sums AS s USING (key)
         if group in _VISIT_COLUMNS:
             return _visit_property(group)
         return "NULL::text"
+
+
+def _property_value(key: str) -> str:
+    """An event's custom property `key` (a parameter), "(none)" without it (Plausible's)."""
+    return f"coalesce(n.props ->> {key}, '{NO_PROPERTY}')"
 
 
 def _time_key(group: str, alias: str, moment: str) -> str:
