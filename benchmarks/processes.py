@@ -28,6 +28,15 @@ def pinned(command: list[str], cpu: int | None) -> list[str]:
     return command if cpu is None else ["taskset", "-c", str(cpu), *command]
 
 
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM, ...) in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise LookupError(field)
+
+
 class Measured:
     """A child process whose peak resident memory is known once it has stopped.
 
@@ -62,12 +71,8 @@ class Measured:
 
     def _sample_peak(self) -> None:
         try:
-            with open(f"/proc/{self.process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        self.peak_rss_mb = int(line.split()[1]) / 1024
-                        return
-        except (FileNotFoundError, ProcessLookupError, ValueError):
+            self.peak_rss_mb = memory_mb(self.process.pid, "VmHWM")
+        except (FileNotFoundError, ProcessLookupError, ValueError, LookupError):
             pass  # exited between the checks: the last sample stands
 
     def check_running(self) -> None:

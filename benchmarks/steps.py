@@ -18,7 +18,7 @@ import orjson
 from benchmarks import data, wrk
 from benchmarks import slow_clients as slow_clients_module
 from benchmarks.context import BenchContext, median, summary
-from benchmarks.processes import Measured, free_port, http_server, pinned
+from benchmarks.processes import Measured, free_port, http_server, memory_mb, pinned
 from common.config import Settings
 from common.constants import EVENT_FIELD
 from processor.decode import COLUMNS, decode_entries
@@ -510,7 +510,7 @@ def _export(ctx: BenchContext) -> dict[str, Any]:
     with server as measured:
         _wait_for_stats(port)
         pid = measured.process.pid
-        before = _resident_mb(pid, "VmRSS")
+        before = memory_mb(pid, "VmRSS")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         started = time.perf_counter()
         connection.request(
@@ -523,7 +523,7 @@ def _export(ctx: BenchContext) -> dict[str, Any]:
             size += len(chunk)
         seconds = time.perf_counter() - started
         connection.close()
-        peak = _resident_mb(pid, "VmHWM")
+        peak = memory_mb(pid, "VmHWM")
     if lines != EXPORTED_EVENTS:
         raise AssertionError(f"the export gave {lines} events of {EXPORTED_EVENTS}")
     return {
@@ -533,14 +533,6 @@ def _export(ctx: BenchContext) -> dict[str, Any]:
         "server_rss_before_mb": before,
         "server_peak_rss_mb": peak,
     }
-
-
-def _resident_mb(pid: int, field: str) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    raise LookupError(field)
 
 
 async def _seed_export(conn: asyncpg.Connection, site: str) -> None:

@@ -79,15 +79,18 @@ _NEW_IDS = f"""new_ids AS (
     RETURNING event_id, site_id
 )"""
 
+# The staged events whose (site, event_id) is new, into `events` (both statements below).
+_INSERT_NEW = f"""INSERT INTO events ({_COLUMN_LIST})
+    SELECT {_STAGED_COLUMNS}
+    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)"""
+
 # Stores the staged events whose (site, event_id) is new; counts them ($1: how many were
 # staged, all distinct) and names the rest only when some were stored before; and gives
 # the time zones of the batch's sites ($2) that have one other than UTC.
 STORE_STAGED = f"""
 WITH {_NEW_IDS},
 inserted AS (
-    INSERT INTO events ({_COLUMN_LIST})
-    SELECT {_STAGED_COLUMNS}
-    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)
+    {_INSERT_NEW}
     RETURNING 1
 ),
 inserted_count AS (SELECT count(*) AS n FROM inserted),
@@ -116,9 +119,7 @@ SELECT (SELECT n FROM inserted_count) AS inserted,
 STORE_AND_COUNT = f"""
 WITH {_NEW_IDS},
 inserted AS (
-    INSERT INTO events ({_COLUMN_LIST})
-    SELECT {_STAGED_COLUMNS}
-    FROM {STAGING_TABLE} AS s JOIN new_ids USING (event_id, site_id)
+    {_INSERT_NEW}
     RETURNING site_id, event_type, path, visitor_key(user_id, visitor_id) AS visitor,
         "timestamp"
 ),

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from report.query import QueryError, parse_period
-from report.responses import OrjsonResponse, attachment, unavailable
-from report.stats_api import refusal_or_time_zone
+from report.responses import asks_for_csv, attachment, unavailable
+from report.stats_api import api_error, refusal_or_time_zone
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ _CSV_OPTIONS: dict[str, object] = {"format": "csv", "header": True}
 _NDJSON_OPTIONS: dict[str, object] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
 
 
-def _bad(field: str, code: str, message: str) -> Response:
-    return OrjsonResponse({"error": message, "code": code, "field": field}, status_code=400)
-
-
 async def export_events(request: Request) -> Response:
     params = request.query_params
     checked = refusal_or_time_zone(request)
@@ -66,14 +62,16 @@ async def export_events(request: Request) -> Response:
     site_id, time_zone = checked
     first_text, last_text = params.get("from"), params.get("to")
     if not first_text or not last_text:
-        return _bad("from", "missing_range", "Give the range as from=YYYY-MM-DD&to=YYYY-MM-DD.")
+        message = "Give the range as from=YYYY-MM-DD&to=YYYY-MM-DD."
+        return api_error(400, message, "missing_range", "from")
     try:
         period = parse_period("custom", f"{first_text},{last_text}", date.today())
     except QueryError as error:
-        return _bad("from", error.code, error.message)
-    csv = params.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
+        return api_error(400, error.message, error.code, "from")
+    csv = asks_for_csv(request)
     if params.get("format") not in (None, "csv", "ndjson"):
-        return _bad("format", "invalid_format", "format is ndjson (the default) or csv.")
+        message = "format is ndjson (the default) or csv."
+        return api_error(400, message, "invalid_format", "format")
     pool: asyncpg.Pool | None = request.state.stats_db.pool
     if pool is None:
         return unavailable("the database is unavailable; retry later")

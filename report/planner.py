@@ -26,7 +26,7 @@ import asyncpg
 
 from common.constants import PAGE_VIEW
 from processor.rollups import ENTRY_PAGE, EVENT_NAME, PAGE, PROPS_PREFIX
-from report.query import HOSTNAME, Filter, Period, Query
+from report.query import HOSTNAME, Filter, Period, Query, month_end
 from report.raw import NO_PROPERTY, VERSION_SEPARATOR, VERSIONS, RawStatement
 from report.sums import SUMS, predicate, select_metrics
 
@@ -139,7 +139,7 @@ async def reader(
         closed = [
             r["month"]
             for r in await conn.fetch(_CLOSED_MONTHS, query.site_id, period.first, period.last)
-            if _month_end(r["month"]) <= period.last
+            if month_end(r["month"]) <= period.last
         ]
     return Statement(
         query.site_id,
@@ -158,14 +158,10 @@ def _open_runs(period: Period, closed: list[date]) -> list[tuple[date, date]]:
     for month in sorted(closed):
         if start < month:
             runs.append((start, month - timedelta(days=1)))
-        start = _month_end(month) + timedelta(days=1)
+        start = month_end(month) + timedelta(days=1)
     if start <= period.last:
         runs.append((start, period.last))
     return runs
-
-
-def _month_end(month: date) -> date:
-    return date(month.year + month.month // 12, month.month % 12 + 1, 1) - timedelta(days=1)
 
 
 def _stored(condition: Filter) -> Filter:
@@ -316,7 +312,7 @@ def _buckets(period: Period, interval: str) -> list[str]:
     month = period.first.replace(day=1)
     while month <= period.last:
         months.append(month.isoformat())
-        month = date(month.year + month.month // 12, month.month % 12 + 1, 1)
+        month = month_end(month) + timedelta(days=1)
     return months
 
 

@@ -181,12 +181,16 @@ def parse_period(name: str, raw_date: str | None, today: date) -> Period:
     if name in ("7d", "30d"):  # the n days before `date` (Plausible's current code)
         days = int(name[:-1])
         return Period(day - timedelta(days=days), day - timedelta(days=1))
-    month_end = day.replace(day=calendar.monthrange(day.year, day.month)[1])
     if name == "month":
-        return Period(day.replace(day=1), month_end)
+        return Period(day.replace(day=1), month_end(day))
     back = 5 if name == "6mo" else 11
     month_index = day.year * 12 + day.month - 1 - back
-    return Period(date(month_index // 12, month_index % 12 + 1, 1), month_end)
+    return Period(date(month_index // 12, month_index % 12 + 1, 1), month_end(day))
+
+
+def month_end(day: date) -> date:
+    """The last day of `day`'s month."""
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

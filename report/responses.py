@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from common.errors import error_body
@@ -20,6 +21,13 @@ class OrjsonResponse(JSONResponse):
 def unavailable(message: str) -> OrjsonResponse:
     body = error_body("unavailable", message)
     return OrjsonResponse(body, status_code=503, headers={"retry-after": "1"})
+
+
+def asks_for_csv(request: Request) -> bool:
+    """`format=csv`, or `Accept: text/csv`: what the reporting routes answer in CSV."""
+    return request.query_params.get("format") == "csv" or "text/csv" in request.headers.get(
+        "accept", ""
+    )
 
 
 def attachment(name: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from report.access import KEY_REQUIRED, Refusal, ReportingAccess
 from report.cache import AnswerCache, request_key
 from report.endpoints import read_database
 from report.query import Query, QueryError, parse
-from report.responses import OrjsonResponse, csv_response
+from report.responses import OrjsonResponse, asks_for_csv, csv_response
 
 _MISSING_SITE = "Missing site ID. Please provide the required site_id parameter with your request."
 _MISSING_KEY = "Missing API key. Please use a valid Plausible API key as a Bearer Token."
@@ -32,9 +32,10 @@ _INVALID_KEY = (
 )
 
 
-def _error(
+def api_error(
     status: int, message: str, code: str, field: str | None = None, **headers: str
 ) -> Response:
+    """An error as the Stats API words them: Plausible's message, our code and field."""
     body: dict[str, Any] = {"error": message, "code": code}
     if field is not None:
         body["field"] = field
@@ -45,9 +46,9 @@ def refusal_or_time_zone(request: Request) -> Response | tuple[str, str]:
     """The site asked for and its time zone; or the answer when it may not be read."""
     site_id = request.query_params.get("site_id", "")
     if not site_id:
-        return _error(400, _MISSING_SITE, "missing_site_id", "site_id")
+        return api_error(400, _MISSING_SITE, "missing_site_id", "site_id")
     if len(site_id) > MAX_SITE_ID or "\x00" in site_id:
-        return _error(400, _INVALID_KEY, "invalid_site_id", "site_id")
+        return api_error(400, _INVALID_KEY, "invalid_site_id", "site_id")
     access: ReportingAccess = request.state.reporting_access
     refused = access.check(request, site_id)
     if refused is None:
@@ -64,9 +65,9 @@ def api_refusal(access: ReportingAccess, refused: Refusal) -> Response:
             "Too many API requests. Your API key is limited to "
             f"{access.requests_per_minute} requests per minute."
         )
-        return _error(429, message, refused.code, "authorization", **refused.headers)
+        return api_error(429, message, refused.code, "authorization", **refused.headers)
     message = _MISSING_KEY if refused.message == KEY_REQUIRED else _INVALID_KEY
-    return _error(401, message, refused.code, "authorization", **refused.headers)
+    return api_error(401, message, refused.code, "authorization", **refused.headers)
 
 
 async def _answer(
@@ -84,10 +85,10 @@ async def _answer(
             endpoint, params, site_id, time_zone, datetime.now(ZoneInfo(time_zone)).date()
         )
     except QueryError as error:
-        return _error(400, error.message, error.code, error.field)
-    wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
+        return api_error(400, error.message, error.code, error.field)
+    wants_csv = asks_for_csv(request)
     if params.get("format") not in (None, "json", "csv"):
-        return _error(400, "format is json (the default) or csv.", "invalid_format", "format")
+        return api_error(400, "format is json (the default) or csv.", "invalid_format", "format")
     rollups: bool = request.state.rollups_have_visits
 
     async def compute() -> Response:
