@@ -167,8 +167,8 @@ class Settings:
         return self.stream_key + constants.SALT_SUFFIX
 
     @property
-    def ignored_key_prefix(self) -> str:
-        return self.stream_key + constants.IGNORED_SUFFIX
+    def ledger_key_prefix(self) -> str:
+        return self.stream_key + constants.LEDGER_SUFFIX
 
     def __repr__(self) -> str:
         # Never print a password: URLs are shown with their credentials masked.

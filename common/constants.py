@@ -7,9 +7,11 @@ CONSUMER_GROUP = "events_processors"
 DEAD_LETTER_SUFFIX = ":dead"
 # daily visitor-hash salts, "<prefix><days since the epoch>", shared by all ingest processes;
 SALT_SUFFIX = ":visitor_salt:"
-# events ignored at the edge: a hash per UTC day ("<prefix><YYYY-MM-DD>"), a field per reason
-# and site ("bot:<site_id>", "site_not_registered:<site_id>", "origin_not_allowed:<site_id>").
-IGNORED_SUFFIX = ":ignored:"
+# the delivery ledger's counts at the edge: a hash per UTC day ("<prefix><YYYY-MM-DD>"), a
+# field per count and site: "accepted:<site_id>", "ignored:<reason>:<site_id>" (reasons: bot,
+# site_not_registered, origin_not_allowed), "rejected:<field at fault>:<site_id or nothing>",
+# "replayed:<site_id>" (dead letters replayed: processor/deadletters.py).
+LEDGER_SUFFIX = ":ledger:"
 # a hash of the entries being stored one at a time: entry id -> attempts begun (see
 # processor/consumer.py), an entry's field deleted once it is handled.
 ALONE_ATTEMPTS_SUFFIX = ":alone_attempts"

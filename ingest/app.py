@@ -154,7 +154,7 @@ def create_app(settings: Settings) -> IngestRouter:
         writer = StreamWriter(
             RedisPipe(settings.redis_url, on_connect=[create_group]),
             settings.stream_key,
-            settings.ignored_key_prefix,
+            settings.ledger_key_prefix,
             settings.redis_timeout_ms / 1000,
             counts,
         )

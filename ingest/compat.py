@@ -26,7 +26,7 @@ from common.constants import (
     PAGE_VIEW,
 )
 from ingest.asgi import render_json
-from ingest.endpoints import Handled, IngestEndpoint
+from ingest.endpoints import NO_REJECTIONS, Handled, IngestEndpoint
 from ingest.intake import Intake
 from ingest.validation import InvalidEvent, validate_event
 
@@ -45,6 +45,7 @@ _PLAIN_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 class PlausibleError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
+        self.field = field
         self.body = {"errors": {field: [message]}}
 
 
@@ -201,15 +202,15 @@ class PlausibleEventEndpoint(IngestEndpoint):
                 for domain in domains
             ]
         except PlausibleError as exc:
-            return 400, exc.body, []
+            return 400, exc.body, [], [(None, exc.field)]
         except InvalidEvent as exc:
             errors: dict[str, list[str]] = {}
             for error in exc.errors:
                 errors.setdefault(_PLAUSIBLE_FIELDS.get(error.field, error.field), []).append(
                     error.message
                 )
-            return 400, {"errors": errors}, []
-        return 202, Dropped(), events
+            return 400, {"errors": errors}, [], [exc.rejection]
+        return 202, Dropped(), events, NO_REJECTIONS
 
     def all_ignored(self, answer: Any, submitted: int) -> Any:
         return Dropped(submitted) if isinstance(answer, Dropped) else answer
@@ -252,6 +253,7 @@ def _umami_bad_request(detail: list[dict[str, str]]) -> dict[str, Any]:
 class UmamiError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
+        self.field = field
         self.body = _umami_bad_request([{"field": field, "message": message}])
 
 
@@ -343,19 +345,19 @@ class UmamiSendEndpoint(IngestEndpoint):
                 raise UmamiError("body", "not valid JSON") from None
             fields = umami_event(data)
             if fields is None:
-                return 200, {}, []
+                return 200, {}, [], NO_REJECTIONS
             intake: Intake = scope["state"]["intake"]
             fields["site_id"] = intake.admission.umami_site(fields["site_id"])
             event = validate_event(fields, received_at, self._window)
         except UmamiError as exc:
-            return 400, exc.body, []
+            return 400, exc.body, [], [(None, exc.field)]
         except InvalidEvent as exc:
             detail = [
                 {"field": f"payload.{_UMAMI_FIELDS.get(e.field, e.field)}", "message": e.message}
                 for e in exc.errors
             ]
-            return 400, _umami_bad_request(detail), []
-        return 200, {"event_id": event["event_id"]}, [event]
+            return 400, _umami_bad_request(detail), [], [exc.rejection]
+        return 200, {"event_id": event["event_id"]}, [event], NO_REJECTIONS
 
     def all_ignored(self, answer: Any, submitted: int) -> Any:
         return {"beep": "boop"}  # Umami's answer to what it does not store

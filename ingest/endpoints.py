@@ -64,7 +64,11 @@ PIXEL_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 
-Handled = tuple[int, Any, list[dict[str, Any]]]  # status, answer, events to submit first
+# An invalid event's site_id (None where that was not valid) and the field at fault.
+Rejection = tuple[str | None, str]
+# status, answer, events to submit first, invalid events (the delivery ledger counts them)
+Handled = tuple[int, Any, list[dict[str, Any]], list[Rejection]]
+NO_REJECTIONS: list[Rejection] = []  # shared: never added to
 
 
 class IngestEndpoint:
@@ -116,7 +120,9 @@ class IngestEndpoint:
                     or message["type"] != "http.request"
                 ):
                     body = await read_rest(message, receive, self._max_body_bytes)
-            status, answer, events = self.handle(scope, body, time.time_ns() // 1000)
+            status, answer, events, rejected = self.handle(scope, body, time.time_ns() // 1000)
+            if rejected:
+                intake.writer.count_rejected(rejected)
             if events:
                 user_agent = headers.get(b"user-agent", b"").decode("latin-1")
                 submitted = len(events)
@@ -152,17 +158,11 @@ class IngestEndpoint:
         self._statuses[status] += 1
         metrics.latency_counts[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
         metrics.latency_sum += elapsed
-        if status >= 400:
-            metrics.events_rejected += self.rejected_events(status, answer)
         response_headers, content = self.render(status, answer)
         if extra_headers:
             response_headers += extra_headers
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": content})
-
-    def rejected_events(self, status: int, answer: Any) -> int:
-        """How many invalid events a 4xx answer refused (one, for a single event's 400)."""
-        return 1 if status == 400 else 0
 
     def all_ignored(self, answer: Any, submitted: int) -> Any:
         """The answer once all the request's events were ignored (a bot's, say)."""
@@ -199,9 +199,10 @@ class EventEndpoint(IngestEndpoint):
         try:
             event = parse_event(body, received_at, self._window)
         except InvalidEvent as exc:
-            return 400, error_body("invalid_event", str(exc), exc.detail()), []
+            return 400, error_body("invalid_event", str(exc), exc.detail()), [], [exc.rejection]
         # Rendered here rather than by orjson: this answer is the hot path's.
-        return 202, b'{"status":"accepted","event_id":"%s"}' % event["event_id"].encode(), [event]
+        accepted = b'{"status":"accepted","event_id":"%s"}' % event["event_id"].encode()
+        return 202, accepted, [event], NO_REJECTIONS
 
 
 class BatchEndpoint(IngestEndpoint):
@@ -214,24 +215,22 @@ class BatchEndpoint(IngestEndpoint):
             batch = parse_batch(body, received_at, self._max_events, self._window)
         except InvalidBatch as exc:
             body_error = [{"field": "body", "message": str(exc)}]
-            return 400, error_body("invalid_batch", str(exc), body_error), []
+            return 400, error_body("invalid_batch", str(exc), body_error), [], NO_REJECTIONS
         if not batch.events:
             detail = [{"index": index, **d} for index, r in batch.rejected for d in r.detail()]
-            return 400, error_body("invalid_batch", "no valid event in the batch", detail), []
-        if batch.rejected:
-            self._metrics.events_rejected += len(batch.rejected)
+            rejected = [r.rejection for _, r in batch.rejected]
+            return (
+                400,
+                error_body("invalid_batch", "no valid event in the batch", detail),
+                [],
+                rejected,
+            )
         answer = {
             "accepted": len(batch.events),
             "event_ids": [event["event_id"] for event in batch.events],
             "rejected": [{"index": index, "detail": r.detail()} for index, r in batch.rejected],
         }
-        return 202, answer, batch.events
-
-    def rejected_events(self, status: int, answer: Any) -> int:
-        """A batch refused whole: each of its invalid events (none, if it is no batch)."""
-        if status != 400:
-            return 0
-        return len({d["index"] for d in answer.get("detail", ()) if "index" in d})
+        return 202, answer, batch.events, [r.rejection for _, r in batch.rejected]
 
     def with_ignored(self, answer: Any, kept: list[dict[str, Any]], submitted: int) -> Any:
         """Ignored events are neither accepted nor rejected: counted apart, ids left out."""
@@ -258,11 +257,12 @@ class PixelEndpoint(IngestEndpoint):
             fields = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
             event = validate_event(fields, received_at, self._window)
         except InvalidEvent as exc:
-            return 400, error_body("invalid_event", str(exc), exc.detail()), []
+            return 400, error_body("invalid_event", str(exc), exc.detail()), [], [exc.rejection]
         except ValueError:  # too many query fields
             detail = [{"field": "query", "message": "too many parameters"}]
-            return 400, error_body("invalid_event", "too many parameters", detail), []
-        return 200, None, [event]
+            answer = error_body("invalid_event", "too many parameters", detail)
+            return 400, answer, [], [(None, "query")]
+        return 200, None, [event], NO_REJECTIONS
 
     def render(self, status: int, answer: Any) -> tuple[list[tuple[bytes, bytes]], bytes]:
         if status != 200:

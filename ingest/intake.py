@@ -17,7 +17,6 @@ import dataclasses
 from collections.abc import Awaitable
 from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 
 from ingest.admission import Admission
@@ -49,7 +48,7 @@ class Intake:
         `events`. Not a coroutine on the common path, so that a request suspends on the
         write itself and nothing else."""
         if is_bot(user_agent):
-            self.writer.count_ignored([event["site_id"] for event in events], "bot")
+            self.writer.count_ignored(events, "bot")
             return None
         if self.admission.checks_events and self._admit(events, origin) is None:
             return None
@@ -67,7 +66,7 @@ class Intake:
         if ignored:
             dropped: set[int] = set()
             for reason, some in ignored.items():
-                self.writer.count_ignored([event["site_id"] for event in some], reason)
+                self.writer.count_ignored(some, reason)
                 dropped.update(map(id, some))
             events[:] = [event for event in events if id(event) not in dropped]
             if not events:
@@ -102,4 +101,4 @@ class Intake:
         elif user_agent:
             for event in events:
                 event["ua"] = user_agent
-        return self.writer.append(list(map(orjson.dumps, events)))
+        return self.writer.append(events)

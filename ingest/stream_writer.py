@@ -5,9 +5,11 @@ is in flight at a time; events that arrive meanwhile accumulate and go out toget
 the next write, so a busy server makes one Redis round trip per few dozen requests, and
 an idle one sends each event at once without waiting on a timer.
 
-One request's events are written all or nothing: a single event is one XADD, several
-are one MULTI/EXEC block, so that a write that fails half way (Redis full, the
-connection lost) leaves none of that request's events behind for its retry to repeat.
+Each write is one MULTI/EXEC transaction: the XADDs, and the delivery ledger's counts of
+the events accepted, ignored and rejected since the last write (per site and UTC day of
+the event: processor/ledger.py). So the ledger can never say accepted what Redis does not
+have, nor miss what it has; and a write that fails (Redis full, the connection lost)
+leaves none of a request's events behind for its retry to repeat.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import date, timedelta
 from typing import Any
 
 import hiredis
+import orjson
 
-from common.constants import EVENT_FIELD
+from common.constants import EVENT_FIELD, MICROS_PER_DAY
 from ingest.metrics import IngestMetrics
 from ingest.redis_pipe import RedisPipe, pack
 
@@ -29,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 _Waiter = tuple[list[bytes], asyncio.Future[None]]
 
-IGNORED_TTL_S = 90 * 86_400
+# The ledger's counts in Redis live this long (its days in PostgreSQL stay).
+LEDGER_TTL_S = 90 * 86_400
+_EPOCH = date(1970, 1, 1)
 
 _MULTI = pack("MULTI")
 _EXEC = pack("EXEC")
@@ -44,7 +49,7 @@ class StreamWriter:
         self,
         pipe: RedisPipe,
         stream_key: str,
-        ignored_key_prefix: str,
+        ledger_key_prefix: str,
         timeout_s: float,
         metrics: IngestMetrics | None = None,
     ):
@@ -52,33 +57,65 @@ class StreamWriter:
         self.metrics = IngestMetrics() if metrics is None else metrics
         # Every XADD differs only in its last argument: pack the rest once (RESP framing).
         self._xadd_prefix = pack("XADD", stream_key, "*", EVENT_FIELD, b"")[: -len(b"$0\r\n\r\n")]
-        self._ignored_key_prefix = ignored_key_prefix
+        self._ledger_key_prefix = ledger_key_prefix
+        self._day_keys: dict[int, str] = {}  # days since 1970: the day's ledger key
         self._timeout_s = timeout_s
         self._pending: list[_Waiter] = []
-        self._ignored: Counter[tuple[str, str]] = Counter()
+        # The ledger's counts to send with the next write: (day, field) -> events; the
+        # field is "accepted:<site>", "ignored:<reason>:<site>" or "rejected:<reason>:<site>".
+        self._counts: Counter[tuple[int, str]] = Counter()
+        # The accepted events' counts by (day, site), kept apart: counted per event.
+        self._accepted: Counter[tuple[int, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
         # Built where the loop runs (the app's lifespan). Looked up once: on Python 3.11
         # every asyncio.get_running_loop() makes a getpid() system call.
         self._loop = asyncio.get_running_loop()
 
-    def append(self, payloads: list[bytes]) -> asyncio.Future[None]:
-        """Queue encoded events for the next write; the future is done once Redis has all of
+    def append(self, events: list[dict[str, Any]]) -> asyncio.Future[None]:
+        """Queue events for the next write; the future is done once Redis has all of
         them, or fails with StreamUnavailable. (A plain function returning the future, not
         a coroutine: one frame less to suspend and resume on every request.)"""
         future: asyncio.Future[None] = self._loop.create_future()
-        self._pending.append((payloads, future))
+        accepted = self._accepted
+        for event in events:
+            accepted[event["timestamp"] // MICROS_PER_DAY, event["site_id"]] += 1
+        self._pending.append((list(map(orjson.dumps, events)), future))
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush_while_pending())
         return future
 
-    def count_ignored(self, site_ids: list[str], reason: str) -> None:
-        """Count events ignored at the edge, in the day's hash under "<reason>:<site_id>"
-        (a reason holds no colon); sent with the next write, best effort."""
-        key = self._ignored_key_prefix + datetime.fromtimestamp(time.time(), UTC).date().isoformat()
-        self._ignored.update((key, f"{reason}:{site}") for site in site_ids)
-        self.metrics.events_ignored[reason] += len(site_ids)
+    def count_ignored(self, events: list[dict[str, Any]], reason: str) -> None:
+        """Count events ignored at the edge (a reason holds no colon), by their own day."""
+        counts = self._counts
+        for event in events:
+            counts[
+                event["timestamp"] // MICROS_PER_DAY, f"ignored:{reason}:{event['site_id']}"
+            ] += 1
+        self.metrics.events_ignored[reason] += len(events)
+        self._start_flush()
+
+    def count_rejected(self, rejections: list[tuple[str | None, str]]) -> None:
+        """Count invalid events, (site_id or None where it was not valid, the field at
+        fault): by the day they arrived, as their own time may be what was wrong."""
+        today = time.time_ns() // 1000 // MICROS_PER_DAY
+        for site, field in rejections:
+            self._counts[today, f"rejected:{field}:{site or ''}"] += 1
+        self.metrics.events_rejected += len(rejections)
+        self._start_flush()
+
+    def _start_flush(self) -> None:
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush_while_pending())
+
+    def _day_key(self, day: int) -> str:
+        key = self._day_keys.get(day)
+        if key is None:
+            if len(self._day_keys) > 1000:
+                self._day_keys.clear()
+            key = self._day_keys[day] = (
+                self._ledger_key_prefix + (_EPOCH + timedelta(days=day)).isoformat()
+            )
+        return key
 
     async def aclose(self) -> None:
         """Wait for events already handed over to be written (or failed), then disconnect."""
@@ -88,64 +125,69 @@ class StreamWriter:
 
     async def _flush_while_pending(self) -> None:
         try:
-            while self._pending or self._ignored:
+            while self._pending or self._counts:
                 batch, self._pending = self._pending, []
-                ignored, self._ignored = self._ignored, Counter()
-                await self._flush(batch, ignored)
+                counts, self._counts = self._counts, Counter()
+                for (day, site), n in self._accepted.items():
+                    counts[day, "accepted:" + site] += n
+                self._accepted = Counter()
+                await self._flush(batch, counts)
         finally:
             self._flusher = None
 
-    async def _flush(self, batch: list[_Waiter], ignored: Counter[tuple[str, str]]) -> None:
+    async def _flush(self, batch: list[_Waiter], counts: Counter[tuple[int, str]]) -> None:
         prefix = self._xadd_prefix
-        commands: list[bytes] = []
-        transactions = 0
+        commands = [_MULTI]
         for payloads, _ in batch:
-            if len(payloads) == 1:
-                payload = payloads[0]
-                commands.append(b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload))
-            else:
-                transactions += 1
-                commands.append(_MULTI)
-                commands.extend(b"%s$%d\r\n%s\r\n" % (prefix, len(p), p) for p in payloads)
-                commands.append(_EXEC)
+            commands += [b"%s$%d\r\n%s\r\n" % (prefix, len(p), p) for p in payloads]
+        events = len(commands) - 1
+        keys = set()
+        for (day, field), count in counts.items():
+            key = self._day_key(day)
+            keys.add(key)
+            commands.append(pack("HINCRBY", key, field, count))
+        commands += [pack("EXPIRE", key, LEDGER_TTL_S) for key in keys]
+        commands.append(_EXEC)
         metrics = self.metrics
         metrics.redis_writes += 1
-        # An XADD an event, and a MULTI and an EXEC around each request of several.
-        metrics.events_written += len(commands) - 2 * transactions
-        for (key, site), count in ignored.items():  # after the XADDs: replies stay aligned
-            commands.append(pack("HINCRBY", key, site, count))
-            commands.append(pack("EXPIRE", key, IGNORED_TTL_S))
+        metrics.events_written += events
         try:
             async with asyncio.timeout(self._timeout_s):
                 replies = await self._pipe.execute(commands)
         except (OSError, TimeoutError) as exc:
-            # Each request's events were sent as one command or one MULTI/EXEC: Redis has
-            # all of a request's events or none, and which is unknown.
+            # One transaction: Redis has all of these events and their counts or none,
+            # and which is unknown.
             logger.warning("stream write of %d commands failed: %r", len(commands), exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(StreamUnavailable(repr(exc)))
+            self._fail(batch, StreamUnavailable(repr(exc)))
             return
-        if not transactions and hiredis.ReplyError not in set(map(type, replies)):
+        executed = replies[-1]
+        if not isinstance(executed, list):  # EXECABORT (a command refused: Redis full)
+            logger.warning("Redis refused a write of %d events: %s", events, executed)
+            self._fail(batch, StreamUnavailable(str(executed)))
+            return
+        if hiredis.ReplyError not in set(map(type, executed)):
             for _, future in batch:  # the common case, told in C
                 if not future.done():  # done: cancelled, its client went away
                     future.set_result(None)
             return
-        self._settle_each(batch, replies)
+        self._settle_each(batch, executed)
 
-    def _settle_each(self, batch: list[_Waiter], replies: list[Any]) -> None:
-        """Each request's outcome from its own replies: its XADD's, or its EXEC's (a list
-        of the XADDs' replies, or an error when Redis refused the transaction)."""
+    @staticmethod
+    def _fail(batch: list[_Waiter], error: StreamUnavailable) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+    def _settle_each(self, batch: list[_Waiter], executed: list[Any]) -> None:
+        """Each request's outcome from its XADDs' replies within the transaction's: an
+        error there is a command that failed as it ran (the others ran: a transaction
+        does not roll back). The XADDs' only such error is the key's type (WRONGTYPE),
+        which fails every one of them alike."""
         position = 0
         refused: list[Any] = []
         for payloads, future in batch:
-            if len(payloads) == 1:
-                outcome = replies[position]
-                position += 1
-            else:
-                position += len(payloads) + 2  # MULTI, the XADDs (QUEUED), EXEC
-                outcome = replies[position - 1]
-            errors = _errors(outcome)
+            errors = [r for r in executed[position : position + len(payloads)] if _is_error(r)]
+            position += len(payloads)
             refused += errors
             if future.done():
                 continue
@@ -154,13 +196,8 @@ class StreamWriter:
             else:
                 future.set_result(None)
         if refused:
-            logger.warning("Redis refused %d requests' writes: %s", len(refused), refused[0])
+            logger.warning("Redis refused %d events' writes: %s", len(refused), refused[0])
 
 
-def _errors(reply: Any) -> list[hiredis.ReplyError]:
-    """The error replies in a reply: itself, or inside an EXEC's list."""
-    if isinstance(reply, hiredis.ReplyError):
-        return [reply]
-    if isinstance(reply, list):
-        return [r for r in reply if isinstance(r, hiredis.ReplyError)]
-    return []
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError)

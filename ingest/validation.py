@@ -54,9 +54,15 @@ class FieldError:
 
 
 class InvalidEvent(ValueError):
-    def __init__(self, errors: list[FieldError]):
+    def __init__(self, errors: list[FieldError], site_id: str | None = None):
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
+        self.site_id = site_id  # where it was valid: the delivery ledger counts per site
+
+    @property
+    def rejection(self) -> tuple[str | None, str]:
+        """(site_id or None, the first field at fault), as the delivery ledger counts it."""
+        return self.site_id, self.errors[0].field
 
     def detail(self) -> list[dict[str, str]]:
         return [{"field": e.field, "message": e.message} for e in self.errors]
@@ -166,7 +172,7 @@ def validate_event(
     if props is not None:
         props = _props(props, errors)
     if errors:
-        raise InvalidEvent(errors)
+        raise InvalidEvent(errors, site_id)
     event = _event(
         event_id,
         site_id,  # type: ignore[arg-type]  # not None: it would have been an error

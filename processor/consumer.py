@@ -23,7 +23,6 @@ Acknowledging only after the commit gives at-least-once delivery; the idempotent
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import random
@@ -45,6 +44,7 @@ from processor.maintenance import parse_id
 from processor.metrics import ProcessorMetrics
 from processor.months import MonthCloser
 from processor.store import Counting, EventStore, PartitionUnavailable, StoreResult
+from processor.tally import record_dead_letters, where_from
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,6 @@ class StreamProcessor:
         if self.first_batch_at is None:
             self.first_batch_at = started
         batch = decode_entries(entries) if decoded is None else decoded
-        undecodable = len(batch.rejected)
         rows, row_ids = batch.rows, batch.row_ids
         alone: list[tuple[Row, bytes]] = []
         if redelivered and rows:
@@ -262,14 +261,18 @@ class StreamProcessor:
             if stored:
                 ack = functools.partial(self._redis.xack, self._stream, self._group, *stored)
                 await self._retrying("acknowledging", ack)
-            inserted = await self._store_alone(alone, batch.rejected)
-            result = dataclasses.replace(result, inserted=result.inserted + inserted)
+            result += await self._store_alone(alone, batch.rejected)
+        fields = dict(entries)
+        if batch.rejected:  # in the ledger before they move: a crash between counts once
+            await self._retrying(
+                "counting dead letters", functools.partial(self._count_dead, batch, fields)
+            )
         stored_at = time.perf_counter()
         await self._acknowledged()  # the previous batch's, so that they stay in order
-        acknowledge = functools.partial(self._acknowledge, batch, dict(entries))
+        acknowledge = functools.partial(self._acknowledge, batch, fields)
         self._acknowledging = asyncio.create_task(self._retrying("acknowledging", acknowledge))
         self.entries_processed += len(entries)
-        duplicates = len(batch.rows) - result.inserted - (len(batch.rejected) - undecodable)
+        duplicates = result.duplicates
         self.metrics.batch(
             entries=len(entries),
             stored=result.inserted,
@@ -293,6 +296,13 @@ class StreamProcessor:
         )
         return batch
 
+    async def _count_dead(self, batch: DecodedBatch, fields: dict[bytes, Any]) -> None:
+        where = {
+            entry_id: where_from(entry_id, fields.get(entry_id)) for entry_id in batch.rejected
+        }
+        async with self._pool.acquire() as conn:
+            await record_dead_letters(conn, where)
+
     async def _acknowledged(self) -> None:
         """Wait until the last batch handed to `_process` is acknowledged."""
         if self._acknowledging is not None:
@@ -315,7 +325,7 @@ class StreamProcessor:
             middle = len(rows) // 2
             first = await self._store_isolating(rows[:middle], row_ids[:middle], rejected)
             second = await self._store_isolating(rows[middle:], row_ids[middle:], rejected)
-            return StoreResult(first.inserted + second.inserted, first.new_users + second.new_users)
+            return first + second
 
     async def _separate_suspects(
         self, batch: DecodedBatch
@@ -358,7 +368,7 @@ class StreamProcessor:
 
     async def _store_alone(
         self, suspects: list[tuple[Row, bytes]], rejected: dict[bytes, str]
-    ) -> int:
+    ) -> StoreResult:
         """Store each suspect in a transaction of its own and acknowledge it at once,
         counting the attempts begun in Redis first. Dead letters need evidence about the
         entry itself: only one that stopped its consumer ALONE_ATTEMPTS times while
@@ -370,7 +380,7 @@ class StreamProcessor:
             len(suspects),
             self._settings.max_deliveries,
         )
-        inserted = 0
+        result = StoreResult(0, 0)
         for row, entry_id in suspects:
             begun = await self._retrying(
                 "counting an attempt", functools.partial(self._attempts.begin, entry_id)
@@ -381,14 +391,14 @@ class StreamProcessor:
                     "itself (a crash, or a kill, each time)"
                 )
                 continue  # dead-lettered with the batch, then forgotten
-            inserted += (await self._store_isolating([row], [entry_id], rejected)).inserted
+            result += await self._store_isolating([row], [entry_id], rejected)
             if entry_id not in rejected:
                 ack = functools.partial(self._redis.xack, self._stream, self._group, entry_id)
                 await self._retrying("acknowledging", ack)
                 await self._retrying(
                     "forgetting attempts", functools.partial(self._attempts.forget, [entry_id])
                 )
-        return inserted
+        return result
 
     async def _read_ahead(self) -> tuple[list[Entry], DecodedBatch]:
         read = functools.partial(self._read, ">", block=False)
@@ -433,11 +443,11 @@ class StreamProcessor:
     async def maintain(self) -> None:
         """Trim the stream, keep partitions ahead, apply retention: failures only logged."""
         try:
-            removed = await maintenance.trim_stream(self._redis, self._stream)
-            if removed:
-                logger.debug("trimmed %d acknowledged entries", removed)
+            floor = await maintenance.trim_stream(self._redis, self._stream)
             await self._measure_lag()
             async with self._pool.acquire() as conn:
+                if floor is not None:
+                    await maintenance.forget_trimmed_entries(conn, floor)
                 await maintenance.keep_partitions_ahead(conn, self._store)
                 if self._settings.retention_days:
                     await maintenance.apply_retention(conn, self._settings.retention_days)

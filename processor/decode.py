@@ -57,8 +57,11 @@ COLUMNS = (
     "props",  # str | None, a JSON object of text keys and values
     "interactive",  # bool
 )
+# The staging table's columns: the event's, then the stream entry it came in (bytes), which
+# `event_ids` keeps to tell a second delivery of an entry from a duplicate event.
+STAGED_COLUMNS = (*COLUMNS, "entry_id")
 
-Row = tuple[Any, ...]  # in COLUMNS order
+Row = tuple[Any, ...]  # in STAGED_COLUMNS order
 # A stream entry as redis-py returns it; an entry deleted while pending has no fields.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -85,7 +88,7 @@ def decode_entries(entries: list[Entry]) -> DecodedBatch:
         if not fields:
             continue  # deleted from the stream while pending: nothing left to store
         try:
-            rows.append(decode_event(fields))
+            rows.append(decode_event(fields, entry_id))
         except UndecodableEntry as exc:
             rejected[entry_id] = str(exc)
         else:
@@ -93,7 +96,7 @@ def decode_entries(entries: list[Entry]) -> DecodedBatch:
     return DecodedBatch([entry_id for entry_id, _ in entries], rows, row_ids, rejected)
 
 
-def decode_event(fields: dict[bytes, bytes]) -> Row:
+def decode_event(fields: dict[bytes, bytes], entry_id: bytes) -> Row:
     payload = fields.get(EVENT_FIELD)
     if payload is None:
         raise UndecodableEntry(f"no {EVENT_FIELD.decode()!r} field")
@@ -130,6 +133,7 @@ def decode_event(fields: dict[bytes, bytes]) -> Row:
         _country(event.get("country")),
         None if props is None else _props(props),
         event.get("interactive") is not False,
+        entry_id,
     )
 
 

@@ -5,6 +5,8 @@
   holds the backlog, not the history. Never MAXLEN: that could drop unread entries.
 - Partitions: the current and the next month of `events` exist before they are needed.
 - Retention: with RETENTION_DAYS, whole monthly partitions older than it are dropped.
+- Ledger: the entries it remembers (processor/tally.py) are forgotten once trimmed: an
+  entry no longer in the stream cannot be delivered again.
 
 Any number of processors may run this at once: each step is idempotent.
 """
@@ -51,13 +53,20 @@ async def trim_floor(client: redis.Redis, stream_key: str) -> tuple[int, int] | 
     return floor
 
 
-async def trim_stream(client: redis.Redis, stream_key: str) -> int:
-    """Remove acknowledged entries; returns how many went."""
+async def trim_stream(client: redis.Redis, stream_key: str) -> tuple[int, int] | None:
+    """Remove acknowledged entries; returns the floor trimmed to (None: no group)."""
     floor = await trim_floor(client, stream_key)
     if floor is None:
-        return 0
+        return None
     removed = await client.xtrim(stream_key, minid=f"{floor[0]}-{floor[1]}")
-    return int(removed)
+    if removed:
+        logger.debug("trimmed %d acknowledged entries", removed)
+    return floor
+
+
+async def forget_trimmed_entries(conn: asyncpg.Connection, floor: tuple[int, int]) -> None:
+    """Forget ledger entries of milliseconds before the stream's floor (all trimmed)."""
+    await conn.execute("DELETE FROM ledger_entries WHERE entry_ms < $1", floor[0])
 
 
 async def keep_partitions_ahead(conn: asyncpg.Connection, store: EventStore) -> None:

@@ -17,7 +17,7 @@ import asyncpg
 from common.constants import MICROS_PER_DAY, PAGE_VIEW, STAGING_TABLE
 from processor.counting import BatchCount, VisitorDay, VisitorDayRows, count_events
 from processor.days import LocalDays, VisitorKeys
-from processor.decode import COLUMNS, Row
+from processor.decode import COLUMNS, STAGED_COLUMNS, Row
 from processor.enrich import Origin
 from processor.months import reopen, write_horizon
 from processor.rollups import (
@@ -29,6 +29,7 @@ from processor.rollups import (
     VISITOR_DAY_WRITES,
     RollupChanges,
 )
+from processor.tally import DROPPED_CTES, RECORD_DUPLICATES, STORED_CTE, repeats_of
 from processor.useragents import Client
 from processor.visits import merge
 
@@ -60,7 +61,8 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
     screen_width integer,
     country     text COLLATE "C",
     props       jsonb,
-    interactive boolean NOT NULL
+    interactive boolean NOT NULL,
+    entry_id    bytea NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
@@ -71,13 +73,14 @@ _STAGED_COLUMNS = ", ".join(f's."{column}"' for column in COLUMNS)
 # never stored before go on.
 _NEW_IDS = f"""new_ids AS (
     -- The idempotency check: only (site, event_id) pairs never stored before go on.
-    INSERT INTO event_ids (event_id, site_id, date)
-    SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date
+    INSERT INTO event_ids (event_id, site_id, date, entry_id)
+    SELECT event_id, site_id, ("timestamp" AT TIME ZONE 'UTC')::date, entry_id
     FROM {STAGING_TABLE}
     ORDER BY event_id, site_id
     ON CONFLICT (event_id, site_id) DO NOTHING
-    RETURNING event_id, site_id
-)"""
+    RETURNING event_id, site_id, date
+),
+{STORED_CTE}"""
 
 # The staged events whose (site, event_id) is new, into `events` (both statements below).
 _INSERT_NEW = f"""INSERT INTO events ({_COLUMN_LIST})
@@ -183,16 +186,26 @@ WITH registered AS (
 )
 , dropped AS (
     DELETE FROM {STAGING_TABLE} WHERE site_id NOT IN (SELECT site_id FROM registered)
-    RETURNING site_id
-)
+    RETURNING entry_id, site_id, "timestamp"
+),
+{DROPPED_CTES}
 SELECT count(*), array_agg(DISTINCT site_id) FROM dropped
 """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreResult:
-    inserted: int  # rows new to `events`; the rest were stored before (duplicates)
+    inserted: int  # rows new to `events`
     new_users: int  # users and visitors new to their site and day
+    # entries whose event another entry stored, counted now (not by an earlier delivery)
+    duplicates: int = 0
+
+    def __add__(self, other: StoreResult) -> StoreResult:
+        return StoreResult(
+            self.inserted + other.inserted,
+            self.new_users + other.new_users,
+            self.duplicates + other.duplicates,
+        )
 
 
 class PartitionUnavailable(Exception):
@@ -298,9 +311,10 @@ async def store_rows(
     the events new to `event_ids`, lock their visitor-days (returning their visits so
     far), count, and apply the changes to every rollup."""
     counting = counting or Counting()
-    rows = list({(row[1], row[0]): row for row in rows}.values())  # a client's retries
+    received = rows
+    rows = unique = list({(row[1], row[0]): row for row in rows}.values())  # a client's retries
     async with conn.transaction():
-        await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=COLUMNS)
+        await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=STAGED_COLUMNS)
         if registered_only:
             dropped, dropped_sites = await conn.fetchrow(DROP_UNREGISTERED)
             if dropped:
@@ -311,9 +325,15 @@ async def store_rows(
             counted = await conn.fetchrow(STORE_AND_COUNT)
             assert counted is not None
             await _reopen_old_months(conn, rows, counting)
-            return StoreResult(inserted=counted["inserted"], new_users=counted["new_users"])
+            duplicates = await _record_duplicates(
+                conn, received, unique, counted["inserted"] < len(rows)
+            )
+            return StoreResult(counted["inserted"], counted["new_users"], duplicates)
         record = await conn.fetchrow(STORE_STAGED, len(rows), list({row[1] for row in rows}))
         assert record is not None
+        duplicates = await _record_duplicates(
+            conn, received, unique, record["inserted"] < len(rows)
+        )
         if record["stored_before"]:
             before = set(record["stored_before"])
             rows = [row for row in rows if f"{row[1]} {row[0]}" not in before]
@@ -331,7 +351,17 @@ async def store_rows(
     if written is not None:
         counting.remember_due(batch.fresh, written)
     counting.newest = max(counting.newest, max((row[5] for row in rows), default=0))
-    return StoreResult(inserted=record["inserted"], new_users=batch.changes.new_visitors())
+    return StoreResult(record["inserted"], batch.changes.new_visitors(), duplicates)
+
+
+async def _record_duplicates(
+    conn: asyncpg.Connection, received: list[Row], unique: list[Row], some_not_new: bool
+) -> int:
+    """Count the batch's duplicates in the ledger (processor/tally.py): only needed when
+    some staged entry was not new, or repeated another of the batch."""
+    if not some_not_new and len(unique) == len(received):
+        return 0
+    return int(await conn.fetchval(RECORD_DUPLICATES, *repeats_of(received, unique)))
 
 
 async def _reopen_old_months(conn: asyncpg.Connection, rows: list[Row], counting: Counting) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
-from processor.decode import COLUMNS, decode_entries
+from processor.decode import COLUMNS, STAGED_COLUMNS, decode_entries
 
 RECEIVED = 1_700_000_000_000_000
 
@@ -47,9 +47,10 @@ def test_an_ingested_event_becomes_its_row() -> None:
         None,
     )
     # Nothing to derive: every dimension unknown, the event an interaction.
-    columns = dict(zip(COLUMNS, row, strict=True))
+    columns = dict(zip(STAGED_COLUMNS, row, strict=True))
     assert {value for name, value in columns.items() if name in DERIVED} == {None}
     assert columns["interactive"] is True
+    assert columns["entry_id"] == b"1-0"  # kept with the event: see processor/tally.py
     assert uuid.UUID(batch.rows[0][0]).version == 7
 
 
@@ -71,7 +72,7 @@ def test_a_trackers_event_becomes_its_row_with_what_it_says() -> None:
         "country": "DE",
     }
     [row] = decode_entries([entry(b"1-0", event)]).rows
-    columns = dict(zip(COLUMNS, row, strict=True))
+    columns = dict(zip(STAGED_COLUMNS, row, strict=True))
     assert columns["path"] == "/pricing plans"
     assert columns["user_agent"] is None  # sent as "ua": not to be stored
     assert {name: columns[name] for name in DERIVED} == {
@@ -99,7 +100,7 @@ def test_a_trackers_event_becomes_its_row_with_what_it_says() -> None:
 def test_an_explicit_path_wins_over_the_urls() -> None:
     event = valid_event(url="https://x.example/app", path="/app#/settings")
     [row] = decode_entries([entry(b"1-0", event)]).rows
-    assert dict(zip(COLUMNS, row, strict=True))["path"] == "/app#/settings"
+    assert dict(zip(STAGED_COLUMNS, row, strict=True))["path"] == "/app#/settings"
 
 
 def test_edge_enrichment_is_decoded() -> None:

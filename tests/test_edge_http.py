@@ -123,11 +123,13 @@ async def test_bots_are_answered_ignored_counted_and_not_enqueued(
     assert library.json()["status"] == "accepted"
     assert await redis_client.xlen(settings.stream_key) == 1
 
-    key = f"{settings.ignored_key_prefix}{datetime.now(UTC).date().isoformat()}"
+    # In the delivery ledger, with the next write to the stream (or at once, alone).
+    key = f"{settings.ledger_key_prefix}{datetime.now(UTC).date().isoformat()}"
     deadline = time.monotonic() + 5
-    while await redis_client.hget(key, "bot:bot-site") != b"4":  # counted best effort, soon after
+    while await redis_client.hget(key, "ignored:bot:bot-site") != b"4":
         assert time.monotonic() < deadline, await redis_client.hgetall(key)
         await asyncio.sleep(0.02)
+    assert await redis_client.hget(key, "accepted:bot-site") == b"1"
 
 
 async def test_anonymous_visitors_get_a_salted_daily_hash(
