@@ -12,6 +12,7 @@ SALT_SUFFIX = ":visitor_salt:"
 # site_not_registered, origin_not_allowed), "rejected:<field at fault>:<site_id or nothing>",
 # "replayed:<site_id>" (dead letters replayed: processor/deadletters.py).
 LEDGER_SUFFIX = ":ledger:"
+LEDGER_TTL_DAYS = 90  # how long Redis keeps those (PostgreSQL's half stays)
 # a hash of the entries being stored one at a time: entry id -> attempts begun (see
 # processor/consumer.py), an entry's field deleted once it is handled.
 ALONE_ATTEMPTS_SUFFIX = ":alone_attempts"

@@ -36,11 +36,13 @@ from ingest.redis_pipe import RedisPipe, pack
 from ingest.stream_writer import StreamWriter
 from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
+from processor.ledger import LedgerSource
 from report import dashboard, stats_api
 from report.access import ReportingAccess
 from report.cache import AnswerCache, ReusedAnswers
 from report.endpoints import StatsDatabase, stats
 from report.export import EXPORTS_AT_ONCE, export_events
+from report.ledger import ledger
 from report.openapi import openapi_json
 from sites.live import LiveRegistry
 
@@ -56,6 +58,7 @@ class State(TypedDict):
     answer_cache: AnswerCache
     export_slots: asyncio.Semaphore
     readiness: Readiness
+    ledger: LedgerSource
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -202,6 +205,7 @@ def create_app(settings: Settings) -> IngestRouter:
                 "export_slots": asyncio.Semaphore(EXPORTS_AT_ONCE),
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
                 "metrics": publisher,
+                "ledger": LedgerSource.of(client, settings),
             }
             await writer.aclose()
         finally:
@@ -239,6 +243,7 @@ def create_app(settings: Settings) -> IngestRouter:
             Route("/healthz", health, methods=["GET"]),
             Route("/readyz", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/ledger", ledger, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -16,6 +16,15 @@ import hiredis
 from redis.connection import parse_url
 
 
+# What the reader's gets() answers while the next reply is incomplete: not its default,
+# False, which an integer reply of 0 equals (iter() compares with ==).
+_INCOMPLETE = object()
+
+
+def _reader() -> hiredis.Reader:
+    return hiredis.Reader(notEnoughData=_INCOMPLETE)
+
+
 class RedisPipeError(ConnectionError):
     """The connection failed or Redis refused the handshake: the replies are unknown."""
 
@@ -45,7 +54,7 @@ class RedisPipe:
         self._on_connect = list(on_connect or ())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._parser = hiredis.Reader()
+        self._parser = _reader()
 
     async def execute(self, commands: list[bytes]) -> list[Any]:
         """Send packed commands in one write; returns their replies in order.
@@ -67,7 +76,7 @@ class RedisPipe:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
-        self._parser = hiredis.Reader()
+        self._parser = _reader()
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(
@@ -84,14 +93,13 @@ class RedisPipe:
 
     async def _read_replies(self, count: int) -> list[Any]:
         assert self._reader is not None
-        # iter(gets, False) takes every complete reply in C; gets() answers False when the
-        # next one is incomplete (no RESP2 reply is False). One command in flight at a
-        # time: whatever arrives belongs to these commands.
-        replies: list[Any] = list(iter(self._parser.gets, False))
+        # iter(gets, _INCOMPLETE) takes every complete reply in C. One command in flight
+        # at a time: whatever arrives belongs to these commands.
+        replies: list[Any] = list(iter(self._parser.gets, _INCOMPLETE))
         while len(replies) < count:
             data = await self._reader.read(65536)
             if not data:
                 raise RedisPipeError("connection closed by Redis")
             self._parser.feed(data)
-            replies += iter(self._parser.gets, False)
+            replies += iter(self._parser.gets, _INCOMPLETE)
         return replies

@@ -24,7 +24,7 @@ from typing import Any
 import hiredis
 import orjson
 
-from common.constants import EVENT_FIELD, MICROS_PER_DAY
+from common.constants import EVENT_FIELD, LEDGER_TTL_DAYS, MICROS_PER_DAY
 from ingest.metrics import IngestMetrics
 from ingest.redis_pipe import RedisPipe, pack
 
@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 
 _Waiter = tuple[list[bytes], asyncio.Future[None]]
 
-# The ledger's counts in Redis live this long (its days in PostgreSQL stay).
-LEDGER_TTL_S = 90 * 86_400
+LEDGER_TTL_S = LEDGER_TTL_DAYS * 86_400
 _EPOCH = date(1970, 1, 1)
 
 _MULTI = pack("MULTI")

@@ -18,6 +18,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date, timedelta
 from typing import Any, cast
 
 import redis
@@ -27,7 +28,8 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.config import Settings, redact_url, settings_or_exit
-from common.constants import EVENT_FIELD
+from common.constants import EVENT_FIELD, LEDGER_SUFFIX, LEDGER_TTL_DAYS, MICROS_PER_DAY
+from processor.tally import where_from
 
 METADATA_PREFIX = b"dead_letter_"
 SOURCE_ID_FIELD = b"dead_letter_source_id"
@@ -177,6 +179,8 @@ def _move(
     outcome: Outcome,
 ) -> list[RawEntry]:
     """Read entries under WATCH, then XADD + XDEL them in one MULTI/EXEC; returns those read.
+    The delivery ledger counts each as replayed in the same transaction (it was counted
+    dead-lettered, and will be stored or dead-lettered again: processor/ledger.py).
 
     Entries without any original field are left in place (and listed in `outcome.skipped`).
     """
@@ -191,6 +195,11 @@ def _move(
                     if original:
                         pipe.xadd(stream_key, cast(Any, original))
                         pipe.xdel(dead_key, entry_id)
+                        site, micros = where_from(entry_id, original)
+                        day = date(1970, 1, 1) + timedelta(days=micros // MICROS_PER_DAY)
+                        ledger_key = f"{stream_key}{LEDGER_SUFFIX}{day.isoformat()}"
+                        pipe.hincrby(ledger_key, f"replayed:{site}", 1)
+                        pipe.expire(ledger_key, LEDGER_TTL_DAYS * 86_400)
                 pipe.execute()
             except WatchError:
                 continue  # the dead-letter stream changed since the read: read again

@@ -124,29 +124,43 @@ async def read_database(
         return unavailable("the database is unavailable; retry later")
 
 
-def _bad_request(field: str, message: str) -> OrjsonResponse:
+def bad_request(field: str, message: str) -> OrjsonResponse:
     detail = [{"field": field, "message": message}]
     return OrjsonResponse(
         error_body("invalid_query", f"{field}: {message}", detail), status_code=400
     )
 
 
-async def stats(request: Request) -> Response:
+def valid_site(request: Request) -> str | Response:
+    """The request's site_id, or the answer to a missing or impossible one."""
     site_id = request.query_params.get("site_id", "")
     if not site_id:
-        return _bad_request("site_id", "required")
+        return bad_request("site_id", "required")
     if len(site_id) > MAX_SITE_ID or "\x00" in site_id:
-        return _bad_request("site_id", f"must be at most {MAX_SITE_ID} characters, without NUL")
+        return bad_request("site_id", f"must be at most {MAX_SITE_ID} characters, without NUL")
+    return site_id
+
+
+def valid_day(request: Request) -> date | Response:
+    """The request's date (today, UTC, where it names none), or the answer to a bad one."""
     raw_date = request.query_params.get("date")
     if raw_date is None:
-        day = datetime.now(UTC).date()
-    else:
-        try:
-            if not _DATE.match(raw_date):
-                raise ValueError
-            day = date.fromisoformat(raw_date)
-        except ValueError:
-            return _bad_request("date", "must be a date as YYYY-MM-DD")
+        return datetime.now(UTC).date()
+    try:
+        if not _DATE.match(raw_date):
+            raise ValueError
+        return date.fromisoformat(raw_date)
+    except ValueError:
+        return bad_request("date", "must be a date as YYYY-MM-DD")
+
+
+async def stats(request: Request) -> Response:
+    site_id = valid_site(request)
+    if isinstance(site_id, Response):
+        return site_id
+    day = valid_day(request)
+    if isinstance(day, Response):
+        return day
     access: ReportingAccess = request.state.reporting_access
     refusal = access.refusal(request, site_id)
     if refusal is not None:
