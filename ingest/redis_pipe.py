@@ -15,7 +15,6 @@ from typing import Any
 import hiredis
 from redis.connection import parse_url
 
-
 # What the reader's gets() answers while the next reply is incomplete: not its default,
 # False, which an integer reply of 0 equals (iter() compares with ==).
 _INCOMPLETE = object()

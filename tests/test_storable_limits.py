@@ -52,6 +52,7 @@ LIMITS = {
 INDEXED_LIMITS = LIMITS | {
     "dimension": len(PROPS_PREFIX) + MAX_PROP_KEY,
     "value": max(MAX_PATH, MAX_URL, MAX_PROP_VALUE, MAX_EVENT_TYPE),
+    "entry_id": 41,  # a stream entry id: two 64-bit numbers and a dash
 }
 CJK = "\u4e2d"  # 3 bytes of UTF-8
 EMOJI = "\U0001f600"  # 4 bytes
