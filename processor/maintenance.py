@@ -5,8 +5,9 @@
   holds the backlog, not the history. Never MAXLEN: that could drop unread entries.
 - Partitions: the current and the next month of `events` exist before they are needed.
 - Retention: with RETENTION_DAYS, whole monthly partitions older than it are dropped.
-- Ledger: the entries it remembers (processor/tally.py) are forgotten once trimmed: an
-  entry no longer in the stream cannot be delivered again.
+- Ledger: the entries it remembers (processor/tally.py) are forgotten once trimmed and
+  a day old: an entry no longer in the stream is not delivered again, but a consumer may
+  still hold it in the batch in its hands (taken over from it meanwhile: it was slow).
 
 Any number of processors may run this at once: each step is idempotent.
 """
@@ -64,9 +65,17 @@ async def trim_stream(client: redis.Redis, stream_key: str) -> tuple[int, int] |
     return floor
 
 
+# Longer than any batch takes, by far: seen in the fault suite, a consumer whose entries
+# were taken over still stores them (a second time) after they were acknowledged by
+# another and trimmed; forgotten by then, they would be counted twice.
+LEDGER_ENTRY_KEEP_MS = 86_400_000
+
+
 async def forget_trimmed_entries(conn: asyncpg.Connection, floor: tuple[int, int]) -> None:
-    """Forget ledger entries of milliseconds before the stream's floor (all trimmed)."""
-    await conn.execute("DELETE FROM ledger_entries WHERE entry_ms < $1", floor[0])
+    """Forget ledger entries trimmed from the stream (before its floor) a day ago."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    before = min(floor[0], now_ms - LEDGER_ENTRY_KEEP_MS)
+    await conn.execute("DELETE FROM ledger_entries WHERE entry_ms < $1", before)
 
 
 async def keep_partitions_ahead(conn: asyncpg.Connection, store: EventStore) -> None:

@@ -37,6 +37,7 @@ from processor.months import close_months
 from processor.store import Counting, prepare_connection
 from tests import datasets, visits_dataset
 from tests.conftest import ROOT, drain, make_processor, settings_env
+from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
 from tests.rollup_answers import (
     differences,
     expected_months,
@@ -111,12 +112,9 @@ class Scenario:
 
 
 async def enqueue(client: redis.Redis, stream_key: str, events: list[dict[str, object]]) -> None:
-    for start in range(0, len(events), 5_000):
-        async with client.pipeline(transaction=False) as pipe:
-            for event in events[start : start + 5_000]:
-                payload = orjson.dumps(parse_event(orjson.dumps(event), NOW))
-                pipe.xadd(stream_key, {EVENT_FIELD: payload})
-            await pipe.execute()
+    """Validated as the edge does, and written with its writer (the ledger counts them)."""
+    valid = [parse_event(orjson.dumps(event), NOW) for event in events]
+    await write_as_the_edge(client, stream_key, valid)
 
 
 async def enqueue_scenario(client: redis.Redis, stream_key: str, scenario: Scenario) -> None:
@@ -134,10 +132,7 @@ async def enqueue_scenario(client: redis.Redis, stream_key: str, scenario: Scena
     finally:
         await conn.close()
     await enqueue(client, stream_key, scenario.events)
-    async with client.pipeline(transaction=False) as pipe:
-        for payload in scenario.visits:
-            pipe.xadd(stream_key, visits_dataset.stream_fields(payload))
-        await pipe.execute()
+    await write_as_the_edge(client, stream_key, scenario.visits)
 
 
 async def backlog(client: redis.Redis, settings: Settings) -> int:
@@ -211,6 +206,18 @@ async def assert_exact(scenario: Scenario, client: redis.Redis, pool: asyncpg.Po
     pending = await client.xpending(settings.stream_key, settings.consumer_group)
     assert pending["pending"] == 0
     assert await client.xlen(settings.stream_key) == 0, "acknowledged entries were not trimmed"
+    # The delivery ledger: each entry accounted for once, whatever was killed or redelivered.
+    accepted = len(scenario.events) + len(scenario.visits)
+    ledger = totals(await assert_ledger_balances(settings, client, pool))
+    assert ledger == {
+        "accepted": accepted,
+        "replayed": 0,
+        "stored": stored,
+        "duplicates": accepted - stored,
+        "dropped": 0,
+        "dead_lettered": 0,
+        "in_stream": 0,
+    }
 
 
 @pytest.fixture

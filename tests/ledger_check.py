@@ -1,0 +1,58 @@
+"""Writing to the stream as the ingest server does, and checking the delivery ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis
+
+from common.config import Settings
+from common.constants import LEDGER_SUFFIX
+from ingest.redis_pipe import RedisPipe
+from ingest.stream_writer import StreamWriter
+from processor.ledger import LedgerDay, LedgerSource, format_day, verify
+
+CHUNK = 5_000
+
+
+async def write_as_the_edge(
+    client: redis.Redis, stream_key: str, events: list[dict[str, Any]]
+) -> None:
+    """Append validated events with the ingest server's own writer: their XADDs and their
+    counts in the ledger in one transaction per write."""
+    options = client.connection_pool.connection_kwargs
+    url = f"redis://{options['host']}:{options['port']}/{options.get('db', 0)}"
+    writer = StreamWriter(RedisPipe(url), stream_key, stream_key + LEDGER_SUFFIX, 30.0)
+    try:
+        for start in range(0, len(events), CHUNK):
+            await writer.append(events[start : start + CHUNK])
+    finally:
+        await writer.aclose()
+
+
+def source(client: redis.Redis, stream_key: str) -> LedgerSource:
+    return LedgerSource(client, stream_key, stream_key + LEDGER_SUFFIX)
+
+
+async def assert_ledger_balances(
+    settings: Settings, client: redis.Redis, pool: asyncpg.Pool
+) -> list[LedgerDay]:
+    """Every site-day balances (read once: nothing is moving); returns them."""
+    days, different = await verify(source(client, settings.stream_key), pool, attempts=1)
+    assert days, "the ledger is empty"
+    assert not different, "\n".join(map(format_day, different))
+    return days
+
+
+def totals(days: list[LedgerDay]) -> dict[str, int]:
+    names = (
+        "accepted",
+        "replayed",
+        "stored",
+        "duplicates",
+        "dropped",
+        "dead_lettered",
+        "in_stream",
+    )
+    return {name: sum(getattr(day, name) for day in days) for name in names}
