@@ -390,6 +390,20 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/ledger": {
+                "get": {
+                    "summary": "The delivery ledger of a site's UTC day: what became of each"
+                    " accepted event (docs/operations.md)",
+                    "parameters": [_SITE_ID, _query("date", "YYYY-MM-DD, default today (UTC)")],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/LedgerDay"}, "the counts"),
+                        "400": _json(_ERROR, "a bad parameter"),
+                        "401": _json(_ERROR, "no valid API key"),
+                        "403": _json(_ERROR, "the key may not read the site"),
+                        "503": _json(_ERROR, "Redis or the database cannot answer now"),
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -414,6 +428,16 @@ def _status(summary: str) -> dict[str, Any]:
     return {"summary": summary, "responses": {"200": _json({"type": "object"}, "ok")}}
 
 
+_LEDGER_COUNTS = (
+    "accepted",
+    "replayed",
+    "stored",
+    "duplicates",
+    "dropped",
+    "dead_lettered",
+    "in_stream",
+    "unaccounted",
+)
 _SCHEMAS: dict[str, Any] = {
     "Event": {
         "type": "object",
@@ -483,6 +507,18 @@ _SCHEMAS: dict[str, Any] = {
                     "properties": {"path": {"type": "string"}, "views": {"type": "integer"}},
                 },
             },
+        },
+    },
+    "LedgerDay": {
+        "type": "object",
+        "required": [*_LEDGER_COUNTS, "site_id", "date", "ignored", "rejected", "balanced"],
+        "properties": {
+            "site_id": {"type": "string"},
+            "date": {"type": "string", "format": "date"},
+            **{name: {"type": "integer"} for name in _LEDGER_COUNTS},
+            "ignored": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "rejected": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "balanced": {"type": "boolean"},
         },
     },
     "Rows": {
