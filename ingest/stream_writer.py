@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 _Waiter = tuple[list[bytes], asyncio.Future[None]]
 
 LEDGER_TTL_S = LEDGER_TTL_DAYS * 86_400
+# Ignored and rejected events may name sites that do not exist, and nothing else of them
+# is kept: a flood of made-up site ids must not grow Redis without bound. Each process
+# names at most this many sites a day in those counts; the rest count under OTHER_SITES.
+NAMED_SITES_PER_DAY = 10_000
+OTHER_SITES = "(other)"
 _EPOCH = date(1970, 1, 1)
 
 _MULTI = pack("MULTI")
@@ -58,6 +63,7 @@ class StreamWriter:
         self._xadd_prefix = pack("XADD", stream_key, "*", EVENT_FIELD, b"")[: -len(b"$0\r\n\r\n")]
         self._ledger_key_prefix = ledger_key_prefix
         self._day_keys: dict[int, str] = {}  # days since 1970: the day's ledger key
+        self._named_today: tuple[int, set[str]] = (0, set())  # for ignored and rejected
         self._timeout_s = timeout_s
         self._pending: list[_Waiter] = []
         # The ledger's counts to send with the next write: (day, field) -> events; the
@@ -85,11 +91,10 @@ class StreamWriter:
 
     def count_ignored(self, events: list[dict[str, Any]], reason: str) -> None:
         """Count events ignored at the edge (a reason holds no colon), by their own day."""
-        counts = self._counts
+        counts, named = self._counts, self._named
         for event in events:
-            counts[
-                event["timestamp"] // MICROS_PER_DAY, f"ignored:{reason}:{event['site_id']}"
-            ] += 1
+            day = event["timestamp"] // MICROS_PER_DAY
+            counts[day, f"ignored:{reason}:{named(event['site_id'])}"] += 1
         self.metrics.events_ignored[reason] += len(events)
         self._start_flush()
 
@@ -98,9 +103,23 @@ class StreamWriter:
         fault): by the day they arrived, as their own time may be what was wrong."""
         today = time.time_ns() // 1000 // MICROS_PER_DAY
         for site, field in rejections:
-            self._counts[today, f"rejected:{field}:{site or ''}"] += 1
+            self._counts[today, f"rejected:{field}:{self._named(site) if site else ''}"] += 1
         self.metrics.events_rejected += len(rejections)
         self._start_flush()
+
+    def _named(self, site: str) -> str:
+        """The site as ignored and rejected counts name it (see NAMED_SITES_PER_DAY)."""
+        today = time.time_ns() // 1000 // MICROS_PER_DAY
+        day, named = self._named_today
+        if day != today:
+            named = set()
+            self._named_today = (today, named)
+        if site in named:
+            return site
+        if len(named) < NAMED_SITES_PER_DAY:
+            named.add(site)
+            return site
+        return OTHER_SITES
 
     def _start_flush(self) -> None:
         if self._flusher is None:

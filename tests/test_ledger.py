@@ -18,6 +18,9 @@ import redis.asyncio
 
 from common.config import Settings
 from common.constants import EVENT_FIELD
+from ingest import stream_writer
+from ingest.redis_pipe import RedisPipe
+from ingest.stream_writer import StreamWriter
 from ingest.validation import parse_event
 from processor import deadletters
 from processor.decode import Entry, decode_entries
@@ -220,3 +223,30 @@ async def test_ledger_entries_are_forgotten_a_day_after_they_leave_the_stream(
         await forget_trimmed_entries(conn, (now_ms, 0))
     left = await db.fetchval("SELECT entry_ms FROM ledger_entries")
     assert left == now_ms - ages["recent"]
+
+
+async def test_made_up_sites_of_ignored_events_cannot_grow_the_ledger_without_bound(
+    redis_client: redis.asyncio.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream_writer, "NAMED_SITES_PER_DAY", 3)
+    options = redis_client.connection_pool.connection_kwargs
+    pipe = RedisPipe(f"redis://{options['host']}:{options['port']}/{options.get('db', 0)}")
+    writer = StreamWriter(pipe, settings.stream_key, settings.ledger_key_prefix, 5.0)
+    flood = [
+        parse_event(orjson.dumps({"site_id": f"fake-{i}", "event_type": "page_view"}), NOW)
+        for i in range(5)
+    ]
+    writer.count_ignored(flood + flood[:1], "bot")
+    writer.count_rejected([(f"fake-{i}", "event_type") for i in range(2, 6)])
+    await writer.append([])  # the next write carries the counts
+    await writer.aclose()
+    today = datetime.fromtimestamp(NOW / 1e6, UTC).date().isoformat()
+    counts = await redis_client.hgetall(settings.ledger_key_prefix + today)
+    assert {k.decode(): int(v) for k, v in counts.items()} == {
+        "ignored:bot:fake-0": 2,
+        "ignored:bot:fake-1": 1,
+        "ignored:bot:fake-2": 1,
+        "ignored:bot:(other)": 2,
+        "rejected:event_type:fake-2": 1,
+        "rejected:event_type:(other)": 3,
+    }

@@ -56,7 +56,7 @@ def event(
         payload["interactive"] = False
     if props is not None:
         payload["props"] = props
-    return decode_event({EVENT_FIELD: orjson.dumps(payload)})
+    return decode_event({EVENT_FIELD: orjson.dumps(payload)}, b"0-0")
 
 
 def visits_of(*rows: Row) -> list[Visit]:
