@@ -18,6 +18,7 @@ beacon-analytics is starting (Ctrl-C stops it):
   reports:    $base/api/v1/stats/aggregate?site_id=... (Plausible's Stats API), $base/stats?site_id=...&date=YYYY-MM-DD
   every route: $base/openapi.json
   health:     $base/healthz, readiness: $base/readyz, metrics: $base/metrics
+  ledger:     $base/ledger?site_id=..., or: $python -m processor.ledger verify
 EOF
 
 stop() { kill -TERM "$server" "$processor" 2>/dev/null; }
