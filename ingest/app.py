@@ -59,6 +59,7 @@ class State(TypedDict):
     export_slots: asyncio.Semaphore
     readiness: Readiness
     ledger: LedgerSource
+    ledger_slot: asyncio.Semaphore
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -206,6 +207,7 @@ def create_app(settings: Settings) -> IngestRouter:
                 "readiness": Readiness(client, settings.stream_key, backlog, stats_db),
                 "metrics": publisher,
                 "ledger": LedgerSource.of(client, settings),
+                "ledger_slot": asyncio.Semaphore(1),
             }
             await writer.aclose()
         finally:

@@ -40,11 +40,15 @@ from common.constants import EVENT_FIELD, LEDGER_TTL_DAYS, MICROS_PER_DAY
 from processor.maintenance import parse_id
 from processor.tally import where_from
 
-SCAN_CHUNK = 10_000  # stream entries read at a time
+# Stream entries read (and decoded) at a time: small, so that the ingest server reading
+# a backlog for GET /ledger never holds its event loop for more than a few milliseconds.
+SCAN_CHUNK = 1_000
 VERIFY_ATTEMPTS = 3  # a difference must persist this many readings to be reported
 _EPOCH = date(1970, 1, 1)
 # What the processor counts, and the outcome each handled entry is counted under.
 OUTCOMES = ("stored", "duplicates", "dropped", "dead_lettered")
+# Every count of the balance: what came in, then where it went.
+FLOWS = ("accepted", "replayed", *OUTCOMES, "in_stream")
 _OUTCOME_OF = {"duplicate": "duplicates", "dropped": "dropped", "dead_lettered": "dead_lettered"}
 
 

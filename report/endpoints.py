@@ -154,7 +154,9 @@ def valid_day(request: Request) -> date | Response:
         return bad_request("date", "must be a date as YYYY-MM-DD")
 
 
-async def stats(request: Request) -> Response:
+def readable_site_day(request: Request) -> tuple[str, date] | Response:
+    """The site and day a request of our own routes asks about, checked, and the key's
+    right to read it; else the answer to give."""
     site_id = valid_site(request)
     if isinstance(site_id, Response):
         return site_id
@@ -163,8 +165,14 @@ async def stats(request: Request) -> Response:
         return day
     access: ReportingAccess = request.state.reporting_access
     refusal = access.refusal(request, site_id)
-    if refusal is not None:
-        return refusal
+    return (site_id, day) if refusal is None else refusal
+
+
+async def stats(request: Request) -> Response:
+    asked = readable_site_day(request)
+    if isinstance(asked, Response):
+        return asked
+    site_id, day = asked
 
     async def compute() -> Response:
         result = await read_database(request, lambda pool: daily_stats(pool, site_id, day))

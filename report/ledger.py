@@ -1,5 +1,8 @@
 """GET /ledger?site_id=…&date=YYYY-MM-DD: one site's delivery ledger for one UTC day
-(processor/ledger.py), behind the reporting keys. Never cached: it is read to check."""
+(processor/ledger.py), behind the reporting keys. Never cached: it is read to check.
+
+Reading it scans the stream's backlog, so one reading runs at a time per process (the
+others wait their turn): many at once must not take the ingest routes' time."""
 
 from __future__ import annotations
 
@@ -9,22 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from processor.ledger import LedgerDay, LedgerSource, read_ledger
-from report.access import ReportingAccess
-from report.endpoints import read_database, valid_day, valid_site
+from report.endpoints import read_database, readable_site_day
 from report.responses import OrjsonResponse, unavailable
 
 
 async def ledger(request: Request) -> Response:
-    site_id = valid_site(request)
-    if isinstance(site_id, Response):
-        return site_id
-    day = valid_day(request)
-    if isinstance(day, Response):
-        return day
-    access: ReportingAccess = request.state.reporting_access
-    refusal = access.refusal(request, site_id)
-    if refusal is not None:
-        return refusal
+    asked = readable_site_day(request)
+    if isinstance(asked, Response):
+        return asked
+    site_id, day = asked
     source: LedgerSource = request.state.ledger
 
     async def read(pool: asyncpg.Pool) -> LedgerDay:
@@ -32,7 +28,8 @@ async def ledger(request: Request) -> Response:
         return days[0] if days else LedgerDay(site_id, day)
 
     try:
-        result = await read_database(request, read)
+        async with request.state.ledger_slot:
+            result = await read_database(request, read)
     except (RedisError, OSError):
         return unavailable("Redis is unavailable; retry later")
     if isinstance(result, Response):

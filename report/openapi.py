@@ -11,6 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from processor.ledger import FLOWS
 from report.query import METRICS, PERIODS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -428,16 +429,7 @@ def _status(summary: str) -> dict[str, Any]:
     return {"summary": summary, "responses": {"200": _json({"type": "object"}, "ok")}}
 
 
-_LEDGER_COUNTS = (
-    "accepted",
-    "replayed",
-    "stored",
-    "duplicates",
-    "dropped",
-    "dead_lettered",
-    "in_stream",
-    "unaccounted",
-)
+_LEDGER_COUNTS = (*FLOWS, "unaccounted")
 _SCHEMAS: dict[str, Any] = {
     "Event": {
         "type": "object",

@@ -11,7 +11,7 @@ from common.config import Settings
 from common.constants import LEDGER_SUFFIX
 from ingest.redis_pipe import RedisPipe
 from ingest.stream_writer import StreamWriter
-from processor.ledger import LedgerDay, LedgerSource, format_day, verify
+from processor.ledger import FLOWS, LedgerDay, LedgerSource, format_day, verify
 
 CHUNK = 5_000
 
@@ -46,13 +46,4 @@ async def assert_ledger_balances(
 
 
 def totals(days: list[LedgerDay]) -> dict[str, int]:
-    names = (
-        "accepted",
-        "replayed",
-        "stored",
-        "duplicates",
-        "dropped",
-        "dead_lettered",
-        "in_stream",
-    )
-    return {name: sum(getattr(day, name) for day in days) for name in names}
+    return {name: sum(getattr(day, name) for day in days) for name in FLOWS}

@@ -28,7 +28,6 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import Settings
-from common.constants import EVENT_FIELD
 from common.migrate import prepare_database
 from ingest.validation import parse_event
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
@@ -378,9 +377,8 @@ async def test_poison_rejected_by_the_database_is_isolated_and_dead_lettered(
     try:
         poison = parse_event(orjson.dumps(good[0]), NOW) | {"path": "/poison"}
         await enqueue(redis_client, settings.stream_key, good[:150])
-        poison_id = await redis_client.xadd(
-            settings.stream_key, {EVENT_FIELD: orjson.dumps(poison)}
-        )
+        await write_as_the_edge(redis_client, settings.stream_key, [poison])
+        [(poison_id, _)] = await redis_client.xrevrange(settings.stream_key, count=1)
         await enqueue(redis_client, settings.stream_key, good[150:])
 
         await drain(settings, redis_client, db)
@@ -396,6 +394,8 @@ async def test_poison_rejected_by_the_database_is_isolated_and_dead_lettered(
     assert (await redis_client.xpending(settings.stream_key, settings.consumer_group))[
         "pending"
     ] == 0
+    ledger = totals(await assert_ledger_balances(settings, redis_client, db))
+    assert (ledger["accepted"], ledger["stored"], ledger["dead_lettered"]) == (301, 300, 1)
 
 
 async def test_an_entry_delivered_too_often_is_dead_lettered(
@@ -426,6 +426,8 @@ async def test_an_entry_delivered_too_often_is_dead_lettered(
     [(_, fields)] = await redis_client.xrange(settings.dead_letter_key)
     assert fields[b"dead_letter_source_id"] == killer_id
     assert b"stopped its consumer 3 times" in fields[b"dead_letter_reason"]
+    ledger = totals(await assert_ledger_balances(settings, redis_client, db))
+    assert (ledger["accepted"], ledger["stored"], ledger["dead_lettered"]) == (3, 2, 1)
 
 
 async def test_the_stream_is_never_trimmed_past_a_pending_entry(
@@ -599,6 +601,9 @@ async def test_a_redis_at_maxmemory_is_drained_and_ingest_accepts_again(
         assert paths == {str(n) for n in accepted}
         assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == stored
         assert await client.xlen(settings.dead_letter_key) == 0
+        # A write Redis refused (503) counted nothing: the ledger is exactly the 202s.
+        ledger = totals(await assert_ledger_balances(own, client, db))
+        assert (ledger["accepted"], ledger["stored"]) == (stored, stored)
     finally:
         await client.aclose()
         server.close()
