@@ -31,14 +31,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
-import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from common.config import Settings, settings_or_exit
-from common.constants import EVENT_FIELD, LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.constants import LEDGER_TTL_DAYS, MICROS_PER_DAY
 from processor.maintenance import parse_id
-from processor.tally import where_from
+from processor.tally import event_of, where_of
 
 # Stream entries read (and decoded) at a time: small, so that the ingest server reading
 # a backlog for GET /ledger never holds its event loop for more than a few milliseconds.
@@ -213,20 +212,18 @@ async def _stream_entries(
             Any, await source.client.xrange(source.stream_key, start, "+", count=SCAN_CHUNK)
         )
         for entry_id, fields in chunk:
-            site, micros = where_from(entry_id, fields)
+            event = event_of(fields)  # read once, for the three facts wanted
+            site, micros = where_of(entry_id, event)
             on = _EPOCH + timedelta(days=micros // MICROS_PER_DAY)
             if wanted(site, on):
-                found.append((entry_id, site, on, _event_id(fields)))
+                found.append((entry_id, site, on, _event_id(event)))
         if len(chunk) < SCAN_CHUNK:
             return found
         start = "(" + chunk[-1][0].decode()
 
 
-def _event_id(fields: dict[bytes, bytes]) -> str | None:
-    try:
-        event_id = orjson.loads(fields[EVENT_FIELD])["event_id"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+def _event_id(event: Any) -> str | None:
+    event_id = event.get("event_id") if isinstance(event, dict) else None
     return event_id if isinstance(event_id, str) and len(event_id) == 36 else None
 
 

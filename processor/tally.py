@@ -106,13 +106,23 @@ def where_from(entry_id: bytes, fields: dict[bytes, bytes] | None) -> tuple[str,
     """The site and time (microseconds) an entry that cannot be stored is counted under:
     its event's own where they can be read, else no site ("") and the time Redis took it
     (its id's milliseconds). Every entry the ingest server wrote has both."""
+    return where_of(entry_id, event_of(fields))
+
+
+def event_of(fields: dict[bytes, bytes] | None) -> Any:
+    """An entry's event as JSON says it, or None where it cannot be read."""
     try:
-        event = orjson.loads((fields or {}).get(EVENT_FIELD, b""))
-        site, micros = event["site_id"], event["timestamp"]
+        return orjson.loads((fields or {}).get(EVENT_FIELD, b""))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def where_of(entry_id: bytes, event: Any) -> tuple[str, int]:
+    """where_from, of an event read already."""
+    if isinstance(event, dict):
+        site, micros = event.get("site_id"), event.get("timestamp")
         if isinstance(site, str) and type(micros) is int and MIN_MICROS <= micros <= MAX_MICROS:
             return site, micros
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        pass
     return "", int(entry_id.split(b"-", 1)[0]) * 1000
 
 
