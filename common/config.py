@@ -52,6 +52,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "body_timeout_ms": (100, 600_000, "ms"),
     "max_connections": (16, 1_000_000, "connections"),
     "ingest_processes": (1, 64, "processes"),
+    "stream_shards": (1, 64, "streams"),
     "max_connections_per_address": (0, 1_000_000, "connections"),
     "registry_refresh_ms": (100, 60_000, "ms"),
     "report_cache_ms": (0, 60_000, "ms"),
@@ -153,6 +154,8 @@ class Settings:
     # How long a reporting answer is reused (report/cache.py): answers are exact as of at
     # most this plus the time to compute them; 0: every request computes its own.
     report_cache_ms: int = 100
+    # Streams the events are spread over (common/shards.py); 1: STREAM_KEY alone.
+    stream_shards: int = 1
 
     @property
     def dead_letter_key(self) -> str:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
+from common.shards import shards_of
 from ingest.admission import Admission
 from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
@@ -152,19 +153,35 @@ def create_app(settings: Settings) -> IngestRouter:
             logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
         # The consumer group exists wherever events are: a processor cannot create it once
         # Redis is at maxmemory (XGROUP CREATE is refused there), so the writer does.
-        create_group = pack(
-            "XGROUP", "CREATE", settings.stream_key, settings.consumer_group, "0", "MKSTREAM"
-        )
-        writer = StreamWriter(
-            RedisPipe(settings.redis_url, on_connect=[create_group]),
-            settings.stream_key,
-            settings.ledger_key_prefix,
-            settings.redis_timeout_ms / 1000,
-            counts,
-        )
+        # One writer per stream shard (common/shards.py), each with its own connection.
+        writers = [
+            StreamWriter(
+                RedisPipe(
+                    settings.redis_url,
+                    on_connect=[
+                        pack(
+                            "XGROUP",
+                            "CREATE",
+                            shard.stream_key,
+                            shard.consumer_group,
+                            "0",
+                            "MKSTREAM",
+                        )
+                    ],
+                ),
+                shard.stream_key,
+                shard.ledger_key_prefix,
+                settings.redis_timeout_ms / 1000,
+                counts,
+            )
+            for shard in (s.settings for s in shards_of(settings))
+        ]
         publisher = MetricsPublisher(client, settings.stream_key, counts)
         backlog = BacklogMonitor(
-            client, settings.stream_key, settings.consumer_group, settings.max_backlog
+            client,
+            [shard.settings.stream_key for shard in shards_of(settings)],
+            settings.consumer_group,
+            settings.max_backlog,
         )
         # In the background: events need only Redis, so PostgreSQL may be down at start.
         stats_db = StatsDatabase(settings.database_url)
@@ -179,12 +196,13 @@ def create_app(settings: Settings) -> IngestRouter:
         admission = Admission(settings, registry)
         admission.start()
         intake = Intake(
-            writer,
+            writers[0],
             VisitorHasher(client, settings.salt_key_prefix, settings.max_age_seconds),
             backlog,
             admission,
             CountryLookup(),
             settings.store_client_info,
+            tuple(writers) if len(writers) > 1 else (),
         )
         backlog.start()
         publisher.start()
@@ -209,7 +227,8 @@ def create_app(settings: Settings) -> IngestRouter:
                 "ledger": LedgerSource.of(client, settings),
                 "ledger_slot": asyncio.Semaphore(1),
             }
-            await writer.aclose()
+            for writer in writers:
+                await writer.aclose()
         finally:
             await publisher.stop()
             admission.stop()

@@ -20,9 +20,10 @@ POLL_INTERVAL_S = 0.1
 
 
 class BacklogMonitor:
-    def __init__(self, client: redis.Redis, stream_key: str, group: str, limit: int):
+    def __init__(self, client: redis.Redis, stream_keys: str | list[str], group: str, limit: int):
+        """`stream_keys`: the stream, or every shard's (common/shards.py): their sum."""
         self._client = client
-        self._stream_key = stream_key
+        self._stream_keys = [stream_keys] if isinstance(stream_keys, str) else stream_keys
         self._group = group
         self._limit = limit
         self.backlog = 0
@@ -45,19 +46,23 @@ class BacklogMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def read(self) -> int:
-        """Entries not yet processed: pending (delivered, unacknowledged) plus lag (undelivered)."""
+        """Entries not yet processed: pending (delivered, unacknowledged) plus lag
+        (undelivered), over every shard."""
+        return sum([await self._read_one(key) for key in self._stream_keys])
+
+    async def _read_one(self, stream_key: str) -> int:
         try:
-            groups = await self._client.xinfo_groups(self._stream_key)
+            groups = await self._client.xinfo_groups(stream_key)
         except ResponseError:  # no such stream yet
             return 0
         for group in groups:
             if group["name"].decode() == self._group:
                 lag = group.get("lag")
                 if lag is None:  # Redis cannot tell after some deletions: count it all
-                    return int(await self._client.xlen(self._stream_key))
+                    return int(await self._client.xlen(stream_key))
                 return int(group["pending"]) + int(lag)
         # No processor has created the group yet: everything in the stream waits.
-        return int(await self._client.xlen(self._stream_key))
+        return int(await self._client.xlen(stream_key))
 
     async def _poll_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()

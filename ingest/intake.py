@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.shards import shard_number
 from ingest.admission import Admission
 from ingest.backlog import BacklogMonitor
 from ingest.bots import is_bot
@@ -33,12 +34,15 @@ class Overloaded(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Intake:
+    # The first shard's: it also carries the ledger's counts of ignored and rejected events.
     writer: StreamWriter
     visitors: VisitorHasher
     backlog: BacklogMonitor
     admission: Admission
     countries: CountryLookup
     store_client_info: bool
+    # One writer per stream shard (common/shards.py), the first being `writer`.
+    shards: tuple[StreamWriter, ...] = ()
 
     def submit(
         self, events: list[dict[str, Any]], ip: str, user_agent: str, origin: bytes | None
@@ -101,4 +105,9 @@ class Intake:
         elif user_agent:
             for event in events:
                 event["ua"] = user_agent
-        return self.writer.append(events)
+        writer = self.writer
+        if self.shards:  # a whole request to one shard: its first event's site and visitor
+            first = events[0]
+            visitor = first["user_id"] or first.get("visitor_id")
+            writer = self.shards[shard_number(first["site_id"], visitor, len(self.shards))]
+        return writer.append(events)

@@ -29,6 +29,7 @@ import uvloop
 from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
+from common.shards import shards_of
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, Folder
 from processor.health import Health, health_server
@@ -98,7 +99,10 @@ async def process_with(
 
     await until_done("preparing the database", lambda: prepare_database(url))
     pool = await until_done("opening the connection pool", lambda: create_pool(settings))
-    logger.info("database ready: starting %d writers", settings.writers)
+    shards = shards_of(settings)
+    logger.info(
+        "database ready: starting %d writers on each of %d streams", settings.writers, len(shards)
+    )
     # Start-up objects (parsers' tables, memos) live as long as the process: keep them out
     # of every collection, and collect young objects less often: a batch makes thousands
     # of short-lived tuples (docs/performance.md).
@@ -111,17 +115,28 @@ async def process_with(
         async with pool:
             # Shared by the writers and the folder: what is due to be folded, memos.
             counting = Counting(visits=settings.count_visits, max_age_s=settings.max_age_seconds)
+            # Every shard's stream is served alike (common/shards.py); the first writer of
+            # each keeps its stream trimmed.
             writers = [
                 StreamProcessor(
-                    writer_settings(settings, number), client, pool, health, metrics, counting
+                    writer_settings(shard.settings, number),
+                    client,
+                    pool,
+                    health,
+                    metrics,
+                    counting,
+                    shard.entry_prefix,
                 )
+                for shard in shards
                 for number in range(settings.writers)
             ]
             folder = Folder(pool, counting, settings.fold_interval_ms / 1000, health)
             writers_done = asyncio.Event()
             async with asyncio.TaskGroup() as group:
                 running = [
-                    group.create_task(writer.run(stop, drain=drain, maintain=number == 0))
+                    group.create_task(
+                        writer.run(stop, drain=drain, maintain=number % settings.writers == 0)
+                    )
                     for number, writer in enumerate(writers)
                 ]
                 if settings.count_visits:
@@ -129,7 +144,8 @@ async def process_with(
                 await asyncio.wait(running)
                 writers_done.set()
             if drain:  # trim what the writers acknowledged, and fold every visit
-                await writers[0].maintain()
+                for writer in writers[:: settings.writers]:
+                    await writer.maintain()
                 if settings.count_visits:
                     await folder.fold(EVERYTHING, sweep_from=ALL_DAYS)
     finally:
@@ -141,7 +157,8 @@ def create_pool(settings: Settings) -> Awaitable[asyncpg.Pool]:
     return asyncpg.create_pool(
         settings.database_url,
         min_size=1,
-        max_size=settings.writers + 1,  # and one to fold with
+        # A connection per writer on every shard, and one to fold with.
+        max_size=settings.writers * settings.stream_shards + 1,
         init=prepare_connection,
     )
 

@@ -117,8 +117,12 @@ class StreamProcessor:
         health: Health | None = None,
         metrics: ProcessorMetrics | None = None,
         counting: Counting | None = None,
+        entry_prefix: bytes = b"",
     ):
+        """`settings`: of one stream (a shard's, common/shards.py); `entry_prefix`: that
+        shard's number, in front of the entry ids the ledger keeps."""
         self._settings = settings
+        self._entry_prefix = entry_prefix
         self.health = Health() if health is None else health
         self.metrics = ProcessorMetrics() if metrics is None else metrics
         self._redis = client
@@ -247,7 +251,7 @@ class StreamProcessor:
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
-        batch = decode_entries(entries) if decoded is None else decoded
+        batch = decode_entries(entries, self._entry_prefix) if decoded is None else decoded
         rows, row_ids = batch.rows, batch.row_ids
         alone: list[tuple[Row, bytes]] = []
         if redelivered and rows:
@@ -297,8 +301,10 @@ class StreamProcessor:
         return batch
 
     async def _count_dead(self, batch: DecodedBatch, fields: dict[bytes, Any]) -> None:
+        prefix = self._entry_prefix
         where = {
-            entry_id: where_from(entry_id, fields.get(entry_id)) for entry_id in batch.rejected
+            prefix + entry_id: where_from(entry_id, fields.get(entry_id))
+            for entry_id in batch.rejected
         }
         async with self._pool.acquire() as conn:
             await record_dead_letters(conn, where)
@@ -403,7 +409,7 @@ class StreamProcessor:
     async def _read_ahead(self) -> tuple[list[Entry], DecodedBatch]:
         read = functools.partial(self._read, ">", block=False)
         entries = await self._retrying("reading the stream", read)
-        return entries, decode_entries(entries)
+        return entries, decode_entries(entries, self._entry_prefix)
 
     async def _read(self, start_id: str, *, block: bool) -> list[Entry]:
         response = await self._redis.xreadgroup(
@@ -447,7 +453,7 @@ class StreamProcessor:
             await self._measure_lag()
             async with self._pool.acquire() as conn:
                 if floor is not None:
-                    await maintenance.forget_trimmed_entries(conn, floor)
+                    await maintenance.forget_trimmed_entries(conn, floor, self._entry_prefix)
                 await maintenance.keep_partitions_ahead(conn, self._store)
                 if self._settings.retention_days:
                     await maintenance.apply_retention(conn, self._settings.retention_days)

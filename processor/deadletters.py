@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.config import Settings, redact_url, settings_or_exit
 from common.constants import EVENT_FIELD, LEDGER_SUFFIX, LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.shards import shards_of
 from processor.tally import where_from
 
 METADATA_PREFIX = b"dead_letter_"
@@ -355,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="with STREAM_SHARDS: that shard's dead letters only (needed with IDs);"
+        " list and --all go through every shard otherwise",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="one line per dead letter, oldest first")
     listing.add_argument(
@@ -387,6 +395,22 @@ def _positive(value: str) -> int:
 
 
 def run_command(args: argparse.Namespace, client: redis.Redis, settings: Settings) -> int:
+    """The command on the dead letters of the shard named, or of each shard in turn
+    (common/shards.py: each shard has its own; one shard is the stream itself)."""
+    shards = [shard.settings for shard in shards_of(settings)]
+    shard = getattr(args, "shard", None)
+    if shard is not None:
+        if not 0 <= shard < len(shards):
+            sys.stderr.write(f"--shard: not one of 0 to {len(shards) - 1}\n")
+            return 2
+        shards = [shards[shard]]
+    elif len(shards) > 1 and getattr(args, "ids", None):
+        sys.stderr.write("the stream has several shards: name the dead letters' with --shard\n")
+        return 2
+    return max(_run_on_stream(args, client, one) for one in shards)
+
+
+def _run_on_stream(args: argparse.Namespace, client: redis.Redis, settings: Settings) -> int:
     dead_key = settings.dead_letter_key
     if args.command == "list":
         return _list(client, dead_key, args.count)

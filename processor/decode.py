@@ -80,7 +80,9 @@ class DecodedBatch:
     rejected: dict[bytes, str]  # entry id: why it can never be stored
 
 
-def decode_entries(entries: list[Entry]) -> DecodedBatch:
+def decode_entries(entries: list[Entry], entry_prefix: bytes = b"") -> DecodedBatch:
+    """`entry_prefix`: the shard's number, in front of the entry ids rows keep
+    (common/shards.py); the batch's own ids stay as Redis gave them."""
     rows: list[Row] = []
     row_ids: list[bytes] = []
     rejected: dict[bytes, str] = {}
@@ -88,7 +90,7 @@ def decode_entries(entries: list[Entry]) -> DecodedBatch:
         if not fields:
             continue  # deleted from the stream while pending: nothing left to store
         try:
-            rows.append(decode_event(fields, entry_id))
+            rows.append(decode_event(fields, entry_prefix + entry_id))
         except UndecodableEntry as exc:
             rejected[entry_id] = str(exc)
         else:

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from common.config import Settings, settings_or_exit
 from common.constants import LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.shards import shards_of
 from processor.maintenance import parse_id
 from processor.tally import event_of, where_of
 
@@ -90,16 +91,30 @@ class LedgerDay:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LedgerStream:
+    """One stream's keys: the stream, its ledger hashes' prefix, its entry ids' prefix
+    (its shard's number where there are several: common/shards.py)."""
+
+    stream_key: str
+    key_prefix: str
+    entry_prefix: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LedgerSource:
-    """Where the ledger is read from: one stream's keys in Redis, and PostgreSQL."""
+    """Where the ledger is read from: every stream shard's keys in Redis (added up), and
+    PostgreSQL."""
 
     client: redis.Redis
-    stream_key: str
-    key_prefix: str  # Settings.ledger_key_prefix
+    streams: tuple[LedgerStream, ...]
 
     @classmethod
     def of(cls, client: redis.Redis, settings: Settings) -> LedgerSource:
-        return cls(client, settings.stream_key, settings.ledger_key_prefix)
+        streams = tuple(
+            LedgerStream(s.settings.stream_key, s.settings.ledger_key_prefix, s.entry_prefix)
+            for s in shards_of(settings)
+        )
+        return cls(client, streams)
 
 
 async def read_ledger(
@@ -125,11 +140,18 @@ async def read_ledger(
             on == day if day is not None else oldest is None or on >= oldest
         )
 
-    counts, last_id = await _edge_counts(source, day)
-    for (site, on), fields in counts.items():
-        if wanted(site, on):
-            _add_edge_counts(row(site, on), fields)
-    entries = await _stream_entries(source, wanted)
+    # Each shard: its counts with its last id, then its stream; PostgreSQL after them all.
+    entries: list[tuple[bytes, str, date, str | None]] = []
+    accepted_after: set[int] = set()  # indexes in `entries` of entries past their last id
+    for stream in source.streams:
+        counts, last_id = await _edge_counts(source.client, stream, day)
+        for (site, on), fields in counts.items():
+            if wanted(site, on):
+                _add_edge_counts(row(site, on), fields)
+        for entry_id, site, on, event_id in await _stream_entries(source.client, stream, wanted):
+            if parse_id(entry_id) > last_id:
+                accepted_after.add(len(entries))
+            entries.append((stream.entry_prefix + entry_id, site, on, event_id))
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         for record in await conn.fetch(
             "SELECT * FROM delivery_ledger WHERE ($1::text IS NULL OR site_id = $1)"
@@ -142,9 +164,9 @@ async def read_ledger(
             for outcome in OUTCOMES:
                 setattr(counted, outcome, record[outcome])
         handled = await _handled(conn, entries)
-    for index, (entry_id, site, on, _) in enumerate(entries):
+    for index, (_, site, on, _) in enumerate(entries):
         handled_as = handled.get(index)
-        if parse_id(entry_id) <= last_id:
+        if index not in accepted_after:
             if handled_as is None:
                 row(site, on).in_stream += 1
         elif handled_as is not None:  # handled, but accepted after the counts were read
@@ -154,18 +176,18 @@ async def read_ledger(
 
 
 async def _edge_counts(
-    source: LedgerSource, day: date | None
+    client: redis.Redis, stream: LedgerStream, day: date | None
 ) -> tuple[dict[tuple[str, date], dict[str, int]], tuple[int, int]]:
     """The ingest server's counts, (site, day): {"accepted": n, "ignored:bot": n, ...},
     read in one transaction with the id of the last entry written to the stream."""
     if day is not None:
-        keys = [source.key_prefix + day.isoformat()]
+        keys = [stream.key_prefix + day.isoformat()]
     else:
-        keys = [key async for key in source.client.scan_iter(match=source.key_prefix + "*")]
-    async with source.client.pipeline(transaction=True) as pipe:
+        keys = [key async for key in client.scan_iter(match=stream.key_prefix + "*")]
+    async with client.pipeline(transaction=True) as pipe:
         for key in keys:
             pipe.hgetall(key)
-        pipe.xinfo_stream(source.stream_key)
+        pipe.xinfo_stream(stream.stream_key)
         replies = await pipe.execute(raise_on_error=False)
     info = replies[-1]
     last_id = (0, 0) if isinstance(info, Exception) else parse_id(info["last-generated-id"])
@@ -173,7 +195,7 @@ async def _edge_counts(
     for key, fields in zip(keys, replies[:-1], strict=True):
         name = key.decode() if isinstance(key, bytes) else key
         try:
-            on = date.fromisoformat(name.removeprefix(source.key_prefix))
+            on = date.fromisoformat(name.removeprefix(stream.key_prefix))
         except ValueError:
             continue
         for field, value in fields.items():
@@ -202,14 +224,14 @@ def _add_edge_counts(day: LedgerDay, fields: dict[str, int]) -> None:
 
 
 async def _stream_entries(
-    source: LedgerSource, wanted: Any
+    client: redis.Redis, stream: LedgerStream, wanted: Any
 ) -> list[tuple[bytes, str, date, str | None]]:
     """Every entry in the stream of a wanted (site, day): id, site, day, event_id."""
     found: list[tuple[bytes, str, date, str | None]] = []
     start = "-"
     while True:
         chunk: list[tuple[bytes, dict[bytes, bytes]]] = cast(
-            Any, await source.client.xrange(source.stream_key, start, "+", count=SCAN_CHUNK)
+            Any, await client.xrange(stream.stream_key, start, "+", count=SCAN_CHUNK)
         )
         for entry_id, fields in chunk:
             event = event_of(fields)  # read once, for the three facts wanted

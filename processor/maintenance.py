@@ -71,11 +71,19 @@ async def trim_stream(client: redis.Redis, stream_key: str) -> tuple[int, int] |
 LEDGER_ENTRY_KEEP_MS = 86_400_000
 
 
-async def forget_trimmed_entries(conn: asyncpg.Connection, floor: tuple[int, int]) -> None:
-    """Forget ledger entries trimmed from the stream (before its floor) a day ago."""
+async def forget_trimmed_entries(
+    conn: asyncpg.Connection, floor: tuple[int, int], entry_prefix: bytes = b""
+) -> None:
+    """Forget ledger entries trimmed from the stream (before its floor) a day ago; of
+    this shard only, where there are several (common/shards.py)."""
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     before = min(floor[0], now_ms - LEDGER_ENTRY_KEEP_MS)
-    await conn.execute("DELETE FROM ledger_entries WHERE entry_ms < $1", before)
+    await conn.execute(
+        "DELETE FROM ledger_entries WHERE entry_ms < $1"
+        " AND substring(entry_id FOR length($2::bytea)) = $2::bytea",
+        before,
+        entry_prefix,
+    )
 
 
 async def keep_partitions_ahead(conn: asyncpg.Connection, store: EventStore) -> None:

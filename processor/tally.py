@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from common.constants import EVENT_FIELD, MAX_MICROS, MIN_MICROS, STAGING_TABLE
+from common.shards import entry_millis
 
 # A CTE over `new_ids` (the batch statement's ids new to event_ids: site_id, date).
 STORED_CTE = """counted_stored AS (
@@ -38,7 +39,9 @@ def _record(outcome: str, source: str) -> str:
     column = {"duplicate": "duplicates"}.get(outcome, outcome)
     return f"""recorded AS (
     INSERT INTO ledger_entries (entry_id, entry_ms, site_id, date, outcome)
-    SELECT entry_id, split_part(convert_from(entry_id, 'UTF8'), '-', 1)::bigint,
+    -- The id's milliseconds, after its shard's number where it has one (common/shards.py).
+    SELECT entry_id,
+        split_part(split_part(convert_from(entry_id, 'UTF8'), ':', -1), '-', 1)::bigint,
         site_id, date, '{outcome}'
     FROM {source}
     ORDER BY entry_id
@@ -123,7 +126,7 @@ def where_of(entry_id: bytes, event: Any) -> tuple[str, int]:
         site, micros = event.get("site_id"), event.get("timestamp")
         if isinstance(site, str) and type(micros) is int and MIN_MICROS <= micros <= MAX_MICROS:
             return site, micros
-    return "", int(entry_id.split(b"-", 1)[0]) * 1000
+    return "", entry_millis(entry_id) * 1000
 
 
 async def record_dead_letters(

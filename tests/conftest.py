@@ -29,9 +29,10 @@ import redis.asyncio as redis
 from common.config import Settings
 from common.constants import WRITTEN_TABLES
 from common.migrate import prepare_database
+from common.shards import shards_of
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
-from processor.store import prepare_connection
+from processor.store import Counting, prepare_connection
 
 if TYPE_CHECKING:
     from tests.servers import PrivateRedis
@@ -123,12 +124,17 @@ def make_processor(
 
 
 async def drain(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> None:
-    """Process everything in the stream; with visits, fold every one (as --drain does)."""
-    processor = make_processor(settings, client, pool)
-    await processor.run(asyncio.Event(), drain=True)
+    """Process everything in the stream (every shard's); with visits, fold every one (as
+    --drain does)."""
+    counting = Counting(visits=settings.count_visits, max_age_s=settings.max_age_seconds)
+    for shard in shards_of(settings):
+        processor = StreamProcessor(
+            shard.settings, client, pool, counting=counting, entry_prefix=shard.entry_prefix
+        )
+        await processor.run(asyncio.Event(), drain=True)
     if settings.count_visits:
         async with pool.acquire() as conn:
-            await fold_ended(conn, processor.counting, EVERYTHING, sweep_from=ALL_DAYS)
+            await fold_ended(conn, counting, EVERYTHING, sweep_from=ALL_DAYS)
 
 
 def free_port() -> int:

@@ -31,15 +31,11 @@ async def write_as_the_edge(
         await writer.aclose()
 
 
-def source(client: redis.Redis, stream_key: str) -> LedgerSource:
-    return LedgerSource(client, stream_key, stream_key + LEDGER_SUFFIX)
-
-
 async def assert_ledger_balances(
     settings: Settings, client: redis.Redis, pool: asyncpg.Pool
 ) -> list[LedgerDay]:
     """Every site-day balances (read once: nothing is moving); returns them."""
-    days, different = await verify(source(client, settings.stream_key), pool, attempts=1)
+    days, different = await verify(LedgerSource.of(client, settings), pool, attempts=1)
     assert days, "the ledger is empty"
     assert not different, "\n".join(map(format_day, different))
     return days
