@@ -156,6 +156,8 @@ class Settings:
     report_cache_ms: int = 100
     # Streams the events are spread over (common/shards.py); 1: STREAM_KEY alone.
     stream_shards: int = 1
+    # The shards a processor serves, as "0,2"; empty: every one.
+    serve_shards: str = ""
 
     @property
     def dead_letter_key(self) -> str:
@@ -227,6 +229,14 @@ def _validate(settings: Settings) -> None:
             f"({age} s) lets them arrive, else a late resend of a dropped event is stored "
             f"again: set RETENTION_DAYS to at least {age // 86_400 + 1}, or to 0"
         )
+    if settings.serve_shards:
+        numbers = settings.serve_shards.split(",")
+        valid = {str(number) for number in range(settings.stream_shards)}
+        if not set(numbers) <= valid or len(set(numbers)) < len(numbers):
+            raise ConfigError(
+                f"SERVE_SHARDS must list shards from 0 to {settings.stream_shards - 1} "
+                f"(STREAM_SHARDS), each once, as 0,2; got {settings.serve_shards!r}"
+            )
     for field in _NAMES:
         value = getattr(settings, field)
         if not value or not _is_clean(value):

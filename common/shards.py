@@ -38,12 +38,23 @@ def shards_of(settings: Settings) -> list[Shard]:
         Shard(
             number,
             dataclasses.replace(
-                settings, stream_key=f"{{{settings.stream_key}:{number}}}", stream_shards=1
+                settings,
+                stream_key=f"{{{settings.stream_key}:{number}}}",
+                stream_shards=1,
+                serve_shards="",
             ),
             f"{number}:".encode(),
         )
         for number in range(settings.stream_shards)
     ]
+
+
+def served_shards(settings: Settings) -> list[Shard]:
+    """The shards a processor serves: SERVE_SHARDS, or every one."""
+    shards = shards_of(settings)
+    if not settings.serve_shards:
+        return shards
+    return [shards[int(number)] for number in settings.serve_shards.split(",")]
 
 
 def shard_number(site_id: str, visitor: str | None, shards: int) -> int:

@@ -29,7 +29,7 @@ import uvloop
 from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
-from common.shards import shards_of
+from common.shards import served_shards
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, Folder
 from processor.health import Health, health_server
@@ -99,7 +99,7 @@ async def process_with(
 
     await until_done("preparing the database", lambda: prepare_database(url))
     pool = await until_done("opening the connection pool", lambda: create_pool(settings))
-    shards = shards_of(settings)
+    shards = served_shards(settings)
     logger.info(
         "database ready: starting %d writers on each of %d streams", settings.writers, len(shards)
     )

@@ -20,7 +20,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from common.config import Settings
+from common.config import ConfigError, Settings
 from common.shards import shard_number, shards_of
 from ingest.validation import parse_event
 from tests import datasets
@@ -196,3 +196,39 @@ async def test_each_shard_keeps_its_dead_letters_and_the_command_names_the_shard
     assert await redis_client.xlen(second.stream_key) >= 1
     ledger = totals(await assert_ledger_balances(sharded, redis_client, db))
     assert (ledger["replayed"], ledger["in_stream"]) == (1, 1)
+
+
+def test_serve_shards_names_existing_shards_each_once() -> None:
+    base = {"STREAM_SHARDS": "3"}
+    assert Settings.from_env(base | {"SERVE_SHARDS": "2,0"}).serve_shards == "2,0"
+    for wrong in ("3", "0,0", "a", "0,"):
+        with pytest.raises(ConfigError, match="SERVE_SHARDS"):
+            Settings.from_env(base | {"SERVE_SHARDS": wrong})
+
+
+async def test_a_processor_serves_only_the_shards_it_is_given(
+    sharded: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+) -> None:
+    event = parse_event(orjson.dumps({"site_id": "s", "event_type": "page_view"}), NOW)
+    shards = shards_of(sharded)
+    for shard in shards:
+        await write_as_the_edge(redis_client, shard.settings.stream_key, [dict(event)] * 2)
+    drained = _drain_in_a_process(dataclasses.replace(sharded, serve_shards="1"))
+    assert drained.returncode == 0, drained.stderr
+    assert await db.fetchval("SELECT count(*) FROM events") == 1  # two copies of one event
+    groups = {
+        shard.number: await redis_client.xinfo_groups(shard.settings.stream_key) for shard in shards
+    }
+    assert [g["pending"] + (g["lag"] or 0) for g in groups[1]] == [0]
+    assert groups[0] == groups[2] == []  # never read: no group made there
+
+
+def _drain_in_a_process(settings: Settings) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "processor", "--drain"],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
