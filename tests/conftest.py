@@ -143,6 +143,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def run_module(
+    settings: Settings, module: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> <args>` with these settings in its environment, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for field in dataclasses.fields(settings):

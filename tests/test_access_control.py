@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ import redis.asyncio as redis
 
 from common.config import Settings
 from common.constants import EVENT_FIELD
-from tests.conftest import ROOT, drain, make_processor, settings_env
+from tests.conftest import drain, make_processor, run_module
 from tests.test_edge_http import CHROME
 from tests.test_processor import enqueue
 
@@ -27,14 +26,7 @@ TODAY = datetime.now(UTC).date().isoformat()
 
 
 def sites_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sites", *args],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module(settings, "sites", *args)
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -4,7 +4,6 @@ redelivery, repeats, dead letters and their replay; and a loss named when there 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from processor.decode import Entry, decode_entries
 from processor.maintenance import LEDGER_ENTRY_KEEP_MS, forget_trimmed_entries
 from processor.store import Counting, EventStore
 from processor.tally import record_dead_letters, where_from
-from tests.conftest import ROOT, drain, settings_env
+from tests.conftest import drain, run_module
 from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
 from tests.test_edge_http import CHROME
 
@@ -36,14 +35,7 @@ BROWSER = {"user-agent": CHROME}
 
 
 def _verify(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.ledger", "verify", *args],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module(settings, "processor.ledger", "verify", *args)
 
 
 async def _ledger(http: httpx.AsyncClient, **params: str) -> dict[str, object]:

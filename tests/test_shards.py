@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import random
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from common.config import ConfigError, Settings
 from common.shards import shard_number, shards_of
 from ingest.validation import parse_event
 from tests import datasets
-from tests.conftest import ROOT, drain, settings_env
+from tests.conftest import drain, run_module
 from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
 from tests.test_edge_http import CHROME
 from tests.test_processor_faults import FAULT_SETTINGS, Scenario
@@ -177,14 +176,7 @@ async def test_each_shard_keeps_its_dead_letters_and_the_command_names_the_shard
     assert (ledger["accepted"], ledger["dead_lettered"]) == (1, 1)
 
     def command(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "processor.deadletters", *args],
-            cwd=ROOT,
-            env=settings_env(sharded),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_module(sharded, "processor.deadletters", *args)
 
     listed = command("list")
     assert listed.returncode == 0, listed.stderr
@@ -213,7 +205,7 @@ async def test_a_processor_serves_only_the_shards_it_is_given(
     shards = shards_of(sharded)
     for shard in shards:
         await write_as_the_edge(redis_client, shard.settings.stream_key, [dict(event)] * 2)
-    drained = _drain_in_a_process(dataclasses.replace(sharded, serve_shards="1"))
+    drained = run_module(dataclasses.replace(sharded, serve_shards="1"), "processor", "--drain")
     assert drained.returncode == 0, drained.stderr
     assert await db.fetchval("SELECT count(*) FROM events") == 1  # two copies of one event
     groups = {
@@ -221,14 +213,3 @@ async def test_a_processor_serves_only_the_shards_it_is_given(
     }
     assert [g["pending"] + (g["lag"] or 0) for g in groups[1]] == [0]
     assert groups[0] == groups[2] == []  # never read: no group made there
-
-
-def _drain_in_a_process(settings: Settings) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor", "--drain"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -14,7 +13,7 @@ import redis.asyncio as redis
 
 from common.config import Settings
 from sites.model import SiteError, check_domain
-from tests.conftest import ROOT, drain, settings_env
+from tests.conftest import drain, run_module
 from tests.test_processor import enqueue
 
 
@@ -26,11 +25,7 @@ async def registry_db(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def sites(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "sites", *args],
-        cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return await asyncio.to_thread(run_module, settings, "sites", *args)
 
 
 async def test_a_site_may_carry_its_umami_website_id_one_site_each(
