@@ -18,13 +18,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from datetime import date, timedelta
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
 import orjson
 
 from common.constants import EVENT_FIELD, LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.days import utc_date
 from ingest.metrics import IngestMetrics
 from ingest.redis_pipe import RedisPipe, pack
 
@@ -38,7 +39,6 @@ LEDGER_TTL_S = LEDGER_TTL_DAYS * 86_400
 # names at most this many sites a day in those counts; the rest count under OTHER_SITES.
 NAMED_SITES_PER_DAY = 10_000
 OTHER_SITES = "(other)"
-_EPOCH = date(1970, 1, 1)
 
 _MULTI = pack("MULTI")
 _EXEC = pack("EXEC")
@@ -63,7 +63,8 @@ class StreamWriter:
         self._xadd_prefix = pack("XADD", stream_key, "*", EVENT_FIELD, b"")[: -len(b"$0\r\n\r\n")]
         self._ledger_key_prefix = ledger_key_prefix
         self._day_keys: dict[int, str] = {}  # days since 1970: the day's ledger key
-        self._named_today: tuple[int, set[str]] = (0, set())  # for ignored and rejected
+        # The sites named in ignored and rejected counts, and the day (NAMED_SITES_PER_DAY).
+        self._named_sites: tuple[int, set[str]] = (0, set())
         self._timeout_s = timeout_s
         self._pending: list[_Waiter] = []
         # The ledger's counts to send with the next write: (day, field) -> events; the
@@ -91,7 +92,7 @@ class StreamWriter:
 
     def count_ignored(self, events: list[dict[str, Any]], reason: str) -> None:
         """Count events ignored at the edge (a reason holds no colon), by their own day."""
-        counts, named = self._counts, self._named
+        counts, named = self._counts, self._named_today(time.time_ns() // 1000 // MICROS_PER_DAY)
         for event in events:
             day = event["timestamp"] // MICROS_PER_DAY
             counts[day, f"ignored:{reason}:{named(event['site_id'])}"] += 1
@@ -102,24 +103,28 @@ class StreamWriter:
         """Count invalid events, (site_id or None where it was not valid, the field at
         fault): by the day they arrived, as their own time may be what was wrong."""
         today = time.time_ns() // 1000 // MICROS_PER_DAY
+        named = self._named_today(today)
         for site, field in rejections:
-            self._counts[today, f"rejected:{field}:{self._named(site) if site else ''}"] += 1
+            self._counts[today, f"rejected:{field}:{named(site) if site else ''}"] += 1
         self.metrics.events_rejected += len(rejections)
         self._start_flush()
 
-    def _named(self, site: str) -> str:
-        """The site as ignored and rejected counts name it (see NAMED_SITES_PER_DAY)."""
-        today = time.time_ns() // 1000 // MICROS_PER_DAY
-        day, named = self._named_today
+    def _named_today(self, today: int) -> Callable[[str], str]:
+        """How ignored and rejected counts name a site today (see NAMED_SITES_PER_DAY)."""
+        day, named = self._named_sites
         if day != today:
             named = set()
-            self._named_today = (today, named)
-        if site in named:
-            return site
-        if len(named) < NAMED_SITES_PER_DAY:
-            named.add(site)
-            return site
-        return OTHER_SITES
+            self._named_sites = (today, named)
+
+        def name(site: str) -> str:
+            if site in named:
+                return site
+            if len(named) < NAMED_SITES_PER_DAY:
+                named.add(site)
+                return site
+            return OTHER_SITES
+
+        return name
 
     def _start_flush(self) -> None:
         if self._flusher is None:
@@ -130,9 +135,7 @@ class StreamWriter:
         if key is None:
             if len(self._day_keys) > 1000:
                 self._day_keys.clear()
-            key = self._day_keys[day] = (
-                self._ledger_key_prefix + (_EPOCH + timedelta(days=day)).isoformat()
-            )
+            key = self._day_keys[day] = self._ledger_key_prefix + utc_date(day).isoformat()
         return key
 
     async def aclose(self) -> None:

@@ -18,7 +18,6 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import date, timedelta
 from typing import Any, cast
 
 import redis
@@ -29,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.config import Settings, redact_url, settings_or_exit
 from common.constants import EVENT_FIELD, LEDGER_SUFFIX, LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.days import utc_date
 from common.shards import shards_of
 from processor.tally import where_from
 
@@ -197,7 +197,7 @@ def _move(
                         pipe.xadd(stream_key, cast(Any, original))
                         pipe.xdel(dead_key, entry_id)
                         site, micros = where_from(entry_id, original)
-                        day = date(1970, 1, 1) + timedelta(days=micros // MICROS_PER_DAY)
+                        day = utc_date(micros // MICROS_PER_DAY)
                         ledger_key = f"{stream_key}{LEDGER_SUFFIX}{day.isoformat()}"
                         pipe.hincrby(ledger_key, f"replayed:{site}", 1)
                         pipe.expire(ledger_key, LEDGER_TTL_DAYS * 86_400)

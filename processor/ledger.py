@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from common.config import Settings, settings_or_exit
 from common.constants import LEDGER_TTL_DAYS, MICROS_PER_DAY
+from common.days import utc_date
 from common.shards import shards_of
 from processor.maintenance import parse_id
 from processor.tally import event_of, where_of
@@ -44,7 +45,6 @@ from processor.tally import event_of, where_of
 # a backlog for GET /ledger never holds its event loop for more than a few milliseconds.
 SCAN_CHUNK = 1_000
 VERIFY_ATTEMPTS = 3  # a difference must persist this many readings to be reported
-_EPOCH = date(1970, 1, 1)
 # What the processor counts, and the outcome each handled entry is counted under.
 OUTCOMES = ("stored", "duplicates", "dropped", "dead_lettered")
 # Every count of the balance: what came in, then where it went.
@@ -236,7 +236,7 @@ async def _stream_entries(
         for entry_id, fields in chunk:
             event = event_of(fields)  # read once, for the three facts wanted
             site, micros = where_of(entry_id, event)
-            on = _EPOCH + timedelta(days=micros // MICROS_PER_DAY)
+            on = utc_date(micros // MICROS_PER_DAY)
             if wanted(site, on):
                 found.append((entry_id, site, on, _event_id(event)))
         if len(chunk) < SCAN_CHUNK:
