@@ -158,6 +158,9 @@ class Settings:
     stream_shards: int = 1
     # The shards a processor serves, as "0,2"; empty: every one.
     serve_shards: str = ""
+    # REDIS_URL names one node of a Redis Cluster: commands go to the master serving
+    # each key, and even one shard's keys carry a hash tag (common/shards.py).
+    redis_cluster: bool = False
 
     @property
     def dead_letter_key(self) -> str:
@@ -255,6 +258,8 @@ def _validate(settings: Settings) -> None:
                 f"{field.upper()} must be a URL with scheme {' or '.join(schemes)}, "
                 f"got {redact_url(url)!r}"
             )
+    if settings.redis_cluster and urlsplit(settings.redis_url).scheme == "unix":
+        raise ConfigError("REDIS_CLUSTER needs a REDIS_URL of a node's address, not a socket")
     if settings.sites_mode not in SITES_MODES:
         raise ConfigError(
             f"SITES_MODE must be one of {', '.join(SITES_MODES)}, got {settings.sites_mode!r}"

@@ -9,10 +9,10 @@ import asyncio
 import sys
 
 import asyncpg
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from common.config import Settings, redact_url, settings_or_exit
+from common.redis_clients import async_client
 
 HINT = """\
 {what} is not reachable at {url}: {error}
@@ -21,8 +21,8 @@ HINT = """\
   - or point {variable} at a running server."""
 
 
-async def check_redis(url: str) -> str | None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+async def check_redis(settings: Settings) -> str | None:
+    client = async_client(settings, socket_connect_timeout=2, socket_timeout=2)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -45,7 +45,7 @@ async def check_postgres(url: str) -> str | None:
 
 async def problems(settings: Settings) -> list[str]:
     redis_error, postgres_error = await asyncio.gather(
-        check_redis(settings.redis_url), check_postgres(settings.database_url)
+        check_redis(settings), check_postgres(settings.database_url)
     )
     found = []
     if redis_error:

@@ -2,7 +2,8 @@
 them over its masters (docs/scale-out.md).
 
 With one shard, everything is as it always was: STREAM_KEY and the keys named after it.
-With N, shard i's stream is "{STREAM_KEY:i}", and its consumer group, dead letters,
+With N, or on a Redis Cluster (REDIS_CLUSTER) even with one, shard i's stream is
+"{STREAM_KEY:i}", and its consumer group, dead letters,
 entries stored alone and delivery-ledger counts are named after that key, sharing its
 hash tag: whatever is written together (a MULTI/EXEC, a script) stays on one node. A
 shard is served as a stream of its own: each processor runs its consumers on every
@@ -32,7 +33,7 @@ class Shard:
 
 
 def shards_of(settings: Settings) -> list[Shard]:
-    if settings.stream_shards == 1:
+    if settings.stream_shards == 1 and not settings.redis_cluster:
         return [Shard(0, settings, b"")]
     return [
         Shard(

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
+from common.redis_clients import AsyncRedis, async_client
 from common.shards import shards_of
 from ingest.admission import Admission
 from ingest.asgi import send_json
@@ -33,7 +34,8 @@ from ingest.geo import CountryLookup
 from ingest.intake import Intake
 from ingest.metrics import IngestMetrics, MetricsPublisher, exposition
 from ingest.readiness import Readiness
-from ingest.redis_pipe import RedisPipe, pack
+from ingest.redis_pipe import CommandPipe, RedisPipe, pack
+from ingest.slot_pipe import SlotPipe
 from ingest.stream_writer import StreamWriter
 from ingest.tracker import TrackerScript
 from ingest.visitors import VisitorHasher
@@ -63,15 +65,25 @@ class State(TypedDict):
     ledger_slot: asyncio.Semaphore
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings) -> AsyncRedis:
     timeout_s = settings.redis_timeout_ms / 1000
     # No hidden retries: a request that cannot be confirmed in time gets a 503 instead.
-    return redis.Redis.from_url(
-        settings.redis_url,
+    return async_client(
+        settings,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def stream_pipe(settings: Settings, client: AsyncRedis, shard: Settings) -> CommandPipe:
+    """The stream writer's connection for one shard: on a cluster, to its slot's master."""
+    # The consumer group exists wherever events are: a processor cannot create it once
+    # Redis is at maxmemory (XGROUP CREATE is refused there), so the writer does.
+    on_connect = [pack("XGROUP", "CREATE", shard.stream_key, shard.consumer_group, "0", "MKSTREAM")]
+    if isinstance(client, redis.RedisCluster):
+        return SlotPipe(client, shard.stream_key, settings.redis_url, on_connect)
+    return RedisPipe(settings.redis_url, on_connect)
 
 
 async def health(request: Request) -> Response:
@@ -151,24 +163,10 @@ def create_app(settings: Settings) -> IngestRouter:
             await client.ping()
         except (RedisError, OSError) as exc:
             logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
-        # The consumer group exists wherever events are: a processor cannot create it once
-        # Redis is at maxmemory (XGROUP CREATE is refused there), so the writer does.
         # One writer per stream shard (common/shards.py), each with its own connection.
         writers = [
             StreamWriter(
-                RedisPipe(
-                    settings.redis_url,
-                    on_connect=[
-                        pack(
-                            "XGROUP",
-                            "CREATE",
-                            shard.stream_key,
-                            shard.consumer_group,
-                            "0",
-                            "MKSTREAM",
-                        )
-                    ],
-                ),
+                stream_pipe(settings, client, shard),
                 shard.stream_key,
                 shard.ledger_key_prefix,
                 settings.redis_timeout_ms / 1000,

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
+
+from common.redis_clients import AsyncRedis
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ POLL_INTERVAL_S = 0.1
 
 
 class BacklogMonitor:
-    def __init__(self, client: redis.Redis, stream_keys: str | list[str], group: str, limit: int):
+    def __init__(self, client: AsyncRedis, stream_keys: str | list[str], group: str, limit: int):
         """`stream_keys`: the stream, or every shard's (common/shards.py): their sum."""
         self._client = client
         self._stream_keys = [stream_keys] if isinstance(stream_keys, str) else stream_keys

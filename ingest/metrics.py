@@ -18,7 +18,6 @@ from collections import Counter
 from typing import Any
 
 import orjson
-import redis.asyncio as redis
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -28,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 
 from common.constants import METRICS_SUFFIX
+from common.redis_clients import AsyncRedis
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class IngestMetrics:
 class MetricsPublisher:
     """Publishes this process's snapshot every second; reads every live process's."""
 
-    def __init__(self, client: redis.Redis, stream_key: str, metrics: IngestMetrics):
+    def __init__(self, client: AsyncRedis, stream_key: str, metrics: IngestMetrics):
         self._client = client
         self._prefix = stream_key + METRICS_SUFFIX
         self._key = f"{self._prefix}{socket.gethostname()}:{os.getpid()}"
@@ -107,7 +107,11 @@ class MetricsPublisher:
         """Every live process's snapshot; this process's own as of now."""
         await self._publish()
         keys = [key async for key in self._client.scan_iter(match=f"{self._prefix}*")]
-        values = await self._client.mget(keys) if keys else []
+        # GETs in a pipeline, not one MGET: on a cluster the keys lie in different slots.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            values = await pipe.execute()
         return [orjson.loads(value) for value in values if value is not None]
 
 

@@ -13,11 +13,11 @@ import asyncio
 import dataclasses
 
 import asyncpg
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from common.constants import READY_PROBE_SUFFIX
 from common.migrate import missing_migrations
+from common.redis_clients import AsyncRedis
 from ingest.backlog import BacklogMonitor
 from report.endpoints import StatsDatabase
 
@@ -26,7 +26,7 @@ CHECK_TIMEOUT_S = 2.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Readiness:
-    client: redis.Redis
+    client: AsyncRedis
     stream_key: str
     backlog: BacklogMonitor
     stats_db: StatsDatabase

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.connection import parse_url
@@ -32,6 +32,14 @@ def pack(*args: bytes | str | int) -> bytes:
     return bytes(hiredis.pack_command(args))  # type: ignore[arg-type]  # its stub wants 1-tuples
 
 
+class CommandPipe(Protocol):
+    """What the stream writer writes through: a RedisPipe, or a cluster's (SlotPipe)."""
+
+    async def execute(self, commands: list[bytes]) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
 class RedisPipe:
     """Not safe for concurrent use: the caller keeps at most one `execute` in flight.
 
@@ -39,10 +47,18 @@ class RedisPipe:
     replies are expected and ignored (creating something that may exist already).
     """
 
-    def __init__(self, url: str, on_connect: list[bytes] | None = None):
+    def __init__(
+        self,
+        url: str,
+        on_connect: list[bytes] | None = None,
+        address: tuple[str, int] | None = None,
+    ):
+        """`address`: another node than the URL's (a cluster's), with the URL's credentials."""
         options = parse_url(url)
-        self._host: str = options.get("host", "127.0.0.1")
+        self.host: str = options.get("host", "127.0.0.1")
         self._port: int = int(options.get("port", 6379))
+        if address is not None:
+            self.host, self._port = address
         self._ssl = ssl.create_default_context() if "connection_class" in options else None
         self._handshake: list[bytes] = []
         if options.get("password"):
@@ -79,7 +95,7 @@ class RedisPipe:
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(
-            self._host, self._port, ssl=self._ssl
+            self.host, self._port, ssl=self._ssl
         )
         if self._handshake:
             self._writer.write(b"".join(self._handshake))

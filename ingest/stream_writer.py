@@ -27,7 +27,7 @@ import orjson
 from common.constants import EVENT_FIELD, LEDGER_TTL_DAYS, MICROS_PER_DAY
 from common.days import utc_date
 from ingest.metrics import IngestMetrics
-from ingest.redis_pipe import RedisPipe, pack
+from ingest.redis_pipe import CommandPipe, pack
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class StreamUnavailable(Exception):
 class StreamWriter:
     def __init__(
         self,
-        pipe: RedisPipe,
+        pipe: CommandPipe,
         stream_key: str,
         ledger_key_prefix: str,
         timeout_s: float,

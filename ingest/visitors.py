@@ -19,10 +19,10 @@ import hashlib
 import os
 import time
 
-import redis.asyncio as redis
 from asyncpg.pgproto.pgproto import UUID  # renders its text in C, see ingest/ids.py
 
 from common.constants import MICROS_PER_DAY
+from common.redis_clients import AsyncRedis
 
 SECONDS_PER_DAY = 86_400
 
@@ -32,7 +32,7 @@ class SaltNotLoaded(LookupError):
 
 
 class VisitorHasher:
-    def __init__(self, client: redis.Redis, key_prefix: str, max_age_s: int):
+    def __init__(self, client: AsyncRedis, key_prefix: str, max_age_s: int):
         self._client = client
         self._key_prefix = key_prefix
         self._max_age_s = max_age_s

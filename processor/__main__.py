@@ -23,12 +23,12 @@ from types import FrameType
 from typing import TypeVar
 
 import asyncpg
-import redis.asyncio as redis
 import uvloop
 
 from common.config import Settings, settings_or_exit
 from common.logs import configure
 from common.migrate import DatabaseUnfit, Stopped, prepare_database, retry_until_stopped
+from common.redis_clients import async_client
 from common.shards import served_shards
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, Folder
@@ -110,7 +110,7 @@ async def process_with(
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     # Blocking reads must end before the socket times out.
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
+    client = async_client(settings, socket_timeout=settings.block_ms / 1000 + 10)
     try:
         async with pool:
             # Shared by the writers and the folder: what is due to be folded, memos.

@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import asyncpg
-import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from common.config import Settings
+from common.redis_clients import AsyncRedis
 from common.stopping import stopped_within
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
@@ -112,7 +112,7 @@ class StreamProcessor:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
+        client: AsyncRedis,
         pool: asyncpg.Pool,
         health: Health | None = None,
         metrics: ProcessorMetrics | None = None,

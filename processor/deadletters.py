@@ -20,7 +20,6 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
-import redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
@@ -29,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common.config import Settings, redact_url, settings_or_exit
 from common.constants import EVENT_FIELD, LEDGER_SUFFIX, LEDGER_TTL_DAYS, MICROS_PER_DAY
 from common.days import utc_date
+from common.redis_clients import SyncRedis, sync_client
 from common.shards import shards_of
 from processor.tally import where_from
 
@@ -114,17 +114,17 @@ def is_stream_id(value: str) -> bool:
 # --- reading -------------------------------------------------------------------------------
 
 
-def list_dead_letters(client: redis.Redis, dead_key: str, count: int) -> list[DeadLetter]:
+def list_dead_letters(client: SyncRedis, dead_key: str, count: int) -> list[DeadLetter]:
     """The `count` oldest dead letters, oldest first."""
     return [DeadLetter.from_entry(e) for e in _entries(client.xrange(dead_key, count=count))]
 
 
-def count_dead_letters(client: redis.Redis, dead_key: str) -> int:
+def count_dead_letters(client: SyncRedis, dead_key: str) -> int:
     return int(cast(Any, client.xlen(dead_key)))
 
 
 def get_dead_letters(
-    client: redis.Redis, dead_key: str, ids: Sequence[str]
+    client: SyncRedis, dead_key: str, ids: Sequence[str]
 ) -> dict[str, DeadLetter | None]:
     """Each id's dead letter, or None where there is none; in one round trip."""
     with client.pipeline(transaction=False) as pipe:
@@ -140,7 +140,7 @@ def get_dead_letters(
 # --- replaying -----------------------------------------------------------------------------
 
 
-def replay(client: redis.Redis, dead_key: str, stream_key: str, ids: Iterable[str]) -> Outcome:
+def replay(client: SyncRedis, dead_key: str, stream_key: str, ids: Iterable[str]) -> Outcome:
     """Move the dead letters `ids` (each once, in stream order) back to the main stream."""
     outcome = Outcome()
     for chunk in _chunks(_unique_in_stream_order(ids), CHUNK_SIZE):
@@ -152,7 +152,7 @@ def replay(client: redis.Redis, dead_key: str, stream_key: str, ids: Iterable[st
 
 
 def replay_all(
-    client: redis.Redis, dead_key: str, stream_key: str, chunk_size: int = CHUNK_SIZE
+    client: SyncRedis, dead_key: str, stream_key: str, chunk_size: int = CHUNK_SIZE
 ) -> Outcome:
     """Move every dead letter present now back to the main stream, oldest first, by chunks.
 
@@ -173,7 +173,7 @@ def replay_all(
 
 
 def _move(
-    client: redis.Redis,
+    client: SyncRedis,
     dead_key: str,
     stream_key: str,
     read: Callable[[Pipeline], list[RawEntry]],
@@ -218,7 +218,7 @@ def _move(
 # --- purging -------------------------------------------------------------------------------
 
 
-def purge(client: redis.Redis, dead_key: str, ids: Iterable[str]) -> Outcome:
+def purge(client: SyncRedis, dead_key: str, ids: Iterable[str]) -> Outcome:
     """Delete the dead letters `ids`."""
     unique = list(dict.fromkeys(ids))
     with client.pipeline(transaction=False) as pipe:
@@ -230,7 +230,7 @@ def purge(client: redis.Redis, dead_key: str, ids: Iterable[str]) -> Outcome:
     return outcome
 
 
-def purge_all(client: redis.Redis, dead_key: str, chunk_size: int = CHUNK_SIZE) -> Outcome:
+def purge_all(client: SyncRedis, dead_key: str, chunk_size: int = CHUNK_SIZE) -> Outcome:
     """Delete every dead letter present now, by chunks; later ones stay."""
     outcome = Outcome()
     end = _newest_id(client, dead_key)
@@ -248,7 +248,7 @@ def purge_all(client: redis.Redis, dead_key: str, chunk_size: int = CHUNK_SIZE) 
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _newest_id(client: redis.Redis, dead_key: str) -> str | None:
+def _newest_id(client: SyncRedis, dead_key: str) -> str | None:
     newest = _entries(client.xrevrange(dead_key, count=1))
     return newest[0][0].decode() if newest else None
 
@@ -394,7 +394,7 @@ def _positive(value: str) -> int:
     return number
 
 
-def run_command(args: argparse.Namespace, client: redis.Redis, settings: Settings) -> int:
+def run_command(args: argparse.Namespace, client: SyncRedis, settings: Settings) -> int:
     """The command on the dead letters of the shard named, or of each shard in turn
     (common/shards.py: each shard has its own; one shard is the stream itself)."""
     shards = [shard.settings for shard in shards_of(settings)]
@@ -410,7 +410,7 @@ def run_command(args: argparse.Namespace, client: redis.Redis, settings: Setting
     return max(_run_on_stream(args, client, one) for one in shards)
 
 
-def _run_on_stream(args: argparse.Namespace, client: redis.Redis, settings: Settings) -> int:
+def _run_on_stream(args: argparse.Namespace, client: SyncRedis, settings: Settings) -> int:
     dead_key = settings.dead_letter_key
     if args.command == "list":
         return _list(client, dead_key, args.count)
@@ -426,7 +426,7 @@ def _run_on_stream(args: argparse.Namespace, client: redis.Redis, settings: Sett
     return _report("purged", outcome, dead_key)
 
 
-def _list(client: redis.Redis, dead_key: str, count: int) -> int:
+def _list(client: SyncRedis, dead_key: str, count: int) -> int:
     letters = list_dead_letters(client, dead_key, count)
     total = count_dead_letters(client, dead_key)
     for letter in letters:
@@ -436,7 +436,7 @@ def _list(client: redis.Redis, dead_key: str, count: int) -> int:
     return 0
 
 
-def _show(client: redis.Redis, dead_key: str, ids: list[str]) -> int:
+def _show(client: SyncRedis, dead_key: str, ids: list[str]) -> int:
     letters = get_dead_letters(client, dead_key, list(dict.fromkeys(ids)))
     missing = [entry_id for entry_id, letter in letters.items() if letter is None]
     found = [letter for letter in letters.values() if letter is not None]
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("replay", "purge") and args.all == bool(args.ids):
         parser.error(f"{args.command}: give either IDs or --all")
     settings = settings_or_exit()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = sync_client(settings, socket_connect_timeout=5, socket_timeout=30)
     try:
         return run_command(args, client, settings)
     except (RedisConnectionError, RedisTimeoutError) as exc:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as redis
-
+from common.redis_clients import AsyncRedis
 from processor.deadletters import REASON_FIELD, SOURCE_ID_FIELD
 
 # KEYS[1]: the stream. ARGV[1]: the group. Returns 1 when created, 0 when it existed.
@@ -59,7 +58,7 @@ class AloneAttempts:
     each attempt, so that an attempt that stopped its consumer (a crash, a kill) is
     still counted when the entry comes again."""
 
-    def __init__(self, client: redis.Redis, key: str):
+    def __init__(self, client: AsyncRedis, key: str):
         self._client = client
         self._script = client.register_script(_BEGIN_ATTEMPT)
         self._key = key
@@ -74,7 +73,7 @@ class AloneAttempts:
 
 
 class GroupCreator:
-    def __init__(self, client: redis.Redis, stream_key: str, group: str):
+    def __init__(self, client: AsyncRedis, stream_key: str, group: str):
         self._script = client.register_script(_CREATE_GROUP)
         self._keys = [stream_key]
         self._group = group
@@ -86,7 +85,7 @@ class GroupCreator:
 
 
 class DeadLetterWriter:
-    def __init__(self, client: redis.Redis, stream_key: str, group: str, dead_letter_key: str):
+    def __init__(self, client: AsyncRedis, stream_key: str, group: str, dead_letter_key: str):
         self._script = client.register_script(_MOVE_TO_DEAD_LETTERS)
         self._keys = [stream_key, dead_letter_key]
         self._group = group

@@ -31,12 +31,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from common.config import Settings, settings_or_exit
 from common.constants import LEDGER_TTL_DAYS, MICROS_PER_DAY
 from common.days import utc_date
+from common.redis_clients import AsyncRedis, async_client
 from common.shards import shards_of
 from processor.maintenance import parse_id
 from processor.tally import event_of, where_of
@@ -105,11 +105,11 @@ class LedgerSource:
     """Where the ledger is read from: every stream shard's keys in Redis (added up), and
     PostgreSQL."""
 
-    client: redis.Redis
+    client: AsyncRedis
     streams: tuple[LedgerStream, ...]
 
     @classmethod
-    def of(cls, client: redis.Redis, settings: Settings) -> LedgerSource:
+    def of(cls, client: AsyncRedis, settings: Settings) -> LedgerSource:
         streams = tuple(
             LedgerStream(s.settings.stream_key, s.settings.ledger_key_prefix, s.entry_prefix)
             for s in shards_of(settings)
@@ -176,7 +176,7 @@ async def read_ledger(
 
 
 async def _edge_counts(
-    client: redis.Redis, stream: LedgerStream, day: date | None
+    client: AsyncRedis, stream: LedgerStream, day: date | None
 ) -> tuple[dict[tuple[str, date], dict[str, int]], tuple[int, int]]:
     """The ingest server's counts, (site, day): {"accepted": n, "ignored:bot": n, ...},
     read in one transaction with the id of the last entry written to the stream."""
@@ -224,7 +224,7 @@ def _add_edge_counts(day: LedgerDay, fields: dict[str, int]) -> None:
 
 
 async def _stream_entries(
-    client: redis.Redis, stream: LedgerStream, wanted: Any
+    client: AsyncRedis, stream: LedgerStream, wanted: Any
 ) -> list[tuple[bytes, str, date, str | None]]:
     """Every entry in the stream of a wanted (site, day): id, site, day, event_id."""
     found: list[tuple[bytes, str, date, str | None]] = []
@@ -317,7 +317,7 @@ def format_day(day: LedgerDay) -> str:
 
 
 async def _verify_command(args: argparse.Namespace, settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=2) as pool:
             # Older days' counts at the edge have expired: nothing to reconcile them with.

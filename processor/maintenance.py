@@ -18,9 +18,9 @@ import logging
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
-import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from common.redis_clients import AsyncRedis
 from processor.store import EventStore
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-async def trim_floor(client: redis.Redis, stream_key: str) -> tuple[int, int] | None:
+async def trim_floor(client: AsyncRedis, stream_key: str) -> tuple[int, int] | None:
     """The oldest entry id any consumer group still needs; None when there is no group."""
     try:
         groups = await client.xinfo_groups(stream_key)
@@ -54,7 +54,7 @@ async def trim_floor(client: redis.Redis, stream_key: str) -> tuple[int, int] | 
     return floor
 
 
-async def trim_stream(client: redis.Redis, stream_key: str) -> tuple[int, int] | None:
+async def trim_stream(client: AsyncRedis, stream_key: str) -> tuple[int, int] | None:
     """Remove acknowledged entries; returns the floor trimmed to (None: no group)."""
     floor = await trim_floor(client, stream_key)
     if floor is None:

@@ -29,6 +29,7 @@ import redis.asyncio as redis
 from common.config import Settings
 from common.constants import WRITTEN_TABLES
 from common.migrate import prepare_database
+from common.redis_clients import AsyncRedis
 from common.shards import shards_of
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
@@ -123,7 +124,7 @@ def make_processor(
     return StreamProcessor(dataclasses.replace(settings, **changes), client, pool)
 
 
-async def drain(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> None:
+async def drain(settings: Settings, client: AsyncRedis, pool: asyncpg.Pool) -> None:
     """Process everything in the stream (every shard's); with visits, fold every one (as
     --drain does)."""
     counting = Counting(visits=settings.count_visits, max_age_s=settings.max_age_seconds)

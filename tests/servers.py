@@ -9,8 +9,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 import asyncpg
+import redis as sync_redis
 import redis.asyncio as redis
 
 from tests.conftest import free_port
@@ -20,14 +22,20 @@ class PrivateRedis:
     """A redis-server of the test's own on a free port; with `durable`, an append-only
     file fsynced on every write, so that a killed server comes back with all it confirmed."""
 
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(self, *, durable: bool = False, cluster: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = tempfile.TemporaryDirectory()
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
+        clustering = [
+            "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+            # Its bus port: not the default port + 10,000, past 65,535 for a high port.
+            "--cluster-port", str(free_port()),
+        ]  # fmt: skip
         self._command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--dir", self._directory.name, *(persistence or ["--appendonly", "no"]),
+            *(clustering if cluster else []),
         ]  # fmt: skip
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -124,3 +132,61 @@ class PrivatePostgres:
             else:
                 await conn.close()
                 return
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of the test's own: three masters on free ports, no replicas, each
+    with an append-only file fsynced on every write (a master killed and started again
+    comes back with all it confirmed, and rejoins from its nodes.conf)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [PrivateRedis(durable=True, cluster=True) for _ in range(masters)]
+        self.url = self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        for address in addresses:
+            self._until(address, lambda client: client.ping(), "a node did not start")
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        self.wait_until_whole()
+
+    def wait_until_whole(self) -> None:
+        """Until every node says the cluster is whole (every slot served)."""
+        for node in self.nodes:
+            self._until(
+                f"127.0.0.1:{node.port}",
+                lambda client: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),
+                "the private Redis Cluster is not whole",
+            )
+
+    def owner_of(self, key: str) -> PrivateRedis:
+        """The master serving the key's slot."""
+        with sync_redis.Redis.from_url(self.url) as client:
+            slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+            for start, end, (_, port, *_), *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no master serves {key!r}")
+
+    @staticmethod
+    def _until(address: str, check: Callable[[sync_redis.Redis], object], failure: str) -> None:
+        deadline = time.monotonic() + 30
+        with sync_redis.Redis.from_url(f"redis://{address}/0") as client:
+            while True:
+                try:
+                    if check(client):
+                        return
+                except (sync_redis.RedisError, OSError):
+                    pass
+                assert time.monotonic() < deadline, failure
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()

@@ -1,0 +1,275 @@
+"""REDIS_CLUSTER: the whole service on a real Redis Cluster of three masters, with the
+stream in three shards, each on a master of its own. The known answer through HTTP;
+processors SIGKILLed at random while a master is killed and restarted from its
+append-only file; the ingest server writing through a master's restart. Exact figures,
+a balanced ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import redis.asyncio as redis
+
+from common.config import ConfigError, Settings
+from common.shards import shard_number, shards_of
+from ingest.validation import parse_event
+from tests import datasets
+from tests.conftest import run_module
+from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
+from tests.rollup_answers import (
+    differences,
+    expected_rollups,
+    stored_events,
+    stored_rollups,
+    time_zones,
+)
+from tests.servers import PrivateRedisCluster
+from tests.test_edge_http import CHROME
+from tests.test_end_to_end import send_all
+from tests.test_processor_faults import FAULT_SETTINGS, Scenario, wait_until
+
+SHARDS = 3
+NOW = time.time_ns() // 1000
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateRedisCluster]:
+    """One cluster for the module: each test has stream keys of its own."""
+    private = PrivateRedisCluster()
+    try:
+        private.start()
+        yield private
+    finally:
+        private.close()
+
+
+def test_a_cluster_is_reached_by_a_node_address() -> None:
+    assert Settings.from_env({"REDIS_CLUSTER": "true"}).redis_cluster is True
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER"):
+        Settings.from_env({"REDIS_CLUSTER": "true", "REDIS_URL": "unix:///run/redis.sock"})
+    # Even one shard's keys share a hash tag there: a transaction stays on one master.
+    [one] = shards_of(Settings(stream_key="s", redis_cluster=True))
+    assert (one.settings.stream_key, one.settings.ledger_key_prefix) == ("{s:0}", "{s:0}:ledger:")
+
+
+def spread_stream_key(cluster: PrivateRedisCluster) -> str:
+    """A stream key whose shards' hash tags fall on three different masters (a random
+    name lands them so one time in 4.5)."""
+    while True:
+        key = f"cluster-{uuid.uuid4().hex[:8]}"
+        shards = shards_of(Settings(stream_key=key, stream_shards=SHARDS, redis_cluster=True))
+        owners = {cluster.owner_of(s.settings.stream_key).port for s in shards}
+        if len(owners) == SHARDS:
+            return key
+
+
+@pytest.fixture
+async def on_cluster(
+    settings: Settings, cluster: PrivateRedisCluster
+) -> AsyncIterator[tuple[Settings, redis.RedisCluster]]:
+    own = dataclasses.replace(
+        settings,
+        redis_url=cluster.url,
+        redis_cluster=True,
+        stream_shards=SHARDS,
+        stream_key=spread_stream_key(cluster),
+    )
+    client = redis.RedisCluster.from_url(cluster.url)
+    yield own, client
+    await client.aclose()
+
+
+async def test_the_known_answer_through_http_with_each_shard_on_its_own_master(
+    on_cluster: tuple[Settings, redis.RedisCluster],
+    cluster: PrivateRedisCluster,
+    db: asyncpg.Pool,
+    start_server: Callable[[Settings], str],
+) -> None:
+    own, client = on_cluster
+    events, expected = datasets.generate(3_000, seed=41)
+    async with httpx.AsyncClient(base_url=start_server(own), timeout=10) as http:
+        await send_all(http, events)
+        # Each shard on its own master, and holding events there.
+        shards = shards_of(own)
+        masters = {cluster.owner_of(s.settings.stream_key).port: s for s in shards}
+        assert len(masters) == SHARDS
+        lengths = [await client.xlen(s.settings.stream_key) for s in shards]
+        assert sum(lengths) == len(events) and min(lengths) > 0, lengths
+
+        drained = run_module(own, "processor", "--drain")
+        assert drained.returncode == 0, drained.stderr
+
+        assert await db.fetchval("SELECT count(*) FROM events") == expected.stored_events
+        stats = {
+            (r["site_id"], r["date"]): (r["total_views"], r["unique_users"])
+            for r in await db.fetch("SELECT * FROM daily_site_stats")
+        }
+        assert stats == {
+            key: (expected.views[key], len(expected.users.get(key, ())))
+            for key in expected.site_days()
+        }
+        paths = {
+            (r["site_id"], r["date"], r["path"]): r["views"]
+            for r in await db.fetch("SELECT * FROM daily_site_path_counts")
+        }
+        assert paths == dict(expected.paths)
+        site_id, day = min(expected.site_days())
+        answer = await http.get("/stats", params={"site_id": site_id, "date": day.isoformat()})
+        assert answer.json()["total_views"] == expected.views[site_id, day]
+
+        # The operator's view works on a cluster too.
+        assert (await http.get("/readyz")).status_code == 200
+        metrics = (await http.get("/metrics")).text
+        assert f"analytics_ingest_events_accepted_total {float(len(events))}" in metrics
+        ledger = await http.get("/ledger", params={"site_id": site_id, "date": day.isoformat()})
+        assert ledger.json()["balanced"] is True
+    # And the operator's commands.
+    verified = run_module(own, "processor.ledger", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    listed = run_module(own, "processor.deadletters", "--shard", "2", "list")
+    assert (listed.returncode, listed.stdout.startswith("0 dead letters")) == (0, True), listed
+    days = totals(await assert_ledger_balances(own, client, db))
+    assert (days["accepted"], days["stored"], days["in_stream"]) == (
+        len(events),
+        expected.stored_events,
+        0,
+    )
+
+
+async def _backlog(client: redis.RedisCluster, settings: Settings) -> int | None:
+    """Entries waiting on every shard; None while a shard has no group or is away."""
+    waiting = 0
+    try:
+        for shard in shards_of(settings):
+            groups = await client.xinfo_groups(shard.settings.stream_key)
+            if not groups:
+                return None
+            waiting += sum(int(g["pending"]) + int(g["lag"] or 0) for g in groups)
+    except (redis.RedisError, OSError):
+        return None
+    return waiting
+
+
+async def test_processors_killed_and_a_master_restarted_from_its_append_only_file(
+    on_cluster: tuple[Settings, redis.RedisCluster],
+    cluster: PrivateRedisCluster,
+    db: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    sharded, client = on_cluster
+    # Small batches: the work outlasts the kills, and each kill finds batches in flight.
+    own = dataclasses.replace(sharded, **(FAULT_SETTINGS | {"batch_size": 100}))
+    events, expected = datasets.generate(40_000, seed=43, resend_share=0.02)
+    valid = [parse_event(orjson.dumps(event), NOW) for event in events]
+    by_shard: dict[int, list[dict[str, Any]]] = {}
+    for event in valid:  # as the ingest server spreads them
+        number = shard_number(event["site_id"], event["user_id"], SHARDS)
+        by_shard.setdefault(number, []).append(event)
+    for shard in shards_of(own):
+        await write_as_the_edge(client, shard.settings.stream_key, by_shard[shard.number])
+
+    scenario = Scenario(own, events, expected, tmp_path)
+    names = ["p0", "p1"]
+    master = cluster.owner_of(shards_of(own)[0].settings.stream_key)
+    try:
+        for name in names:
+            scenario.start(name)
+        await wait_until(lambda: _stored_some(db), 30, "the processors stored a first batch")
+        master.kill()  # mid-run: its shard's reads, acknowledgements and trims fail
+        restart_at = time.monotonic() + 1
+        rng, kills_with_work_left = random.Random(7), 0
+        for kill in range(1, 7):
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            if restart_at and time.monotonic() > restart_at:
+                master.start()  # from its append-only file; processors killed meanwhile
+                restart_at = 0
+            kills_with_work_left += await _backlog(client, own) != 0  # (None: master away)
+            index = rng.randrange(len(names))
+            scenario.kill(names[index])
+            names[index] = f"p{index}-{kill}"
+            scenario.start(names[index])
+        if restart_at:
+            master.start()
+        await wait_until(lambda: _caught_up(client, own), 120, "the processors caught up")
+        scenario.stop_all()
+    finally:
+        scenario.kill_all()
+    assert kills_with_work_left >= 3, "the work ended before enough kills to mean anything"
+    assert await db.fetchval("SELECT count(*) FROM events") == expected.stored_events
+    stats = {
+        (r["site_id"], r["date"]): r["total_views"]
+        for r in await db.fetch("SELECT site_id, date, total_views FROM daily_site_stats")
+    }
+    assert stats == {key: expected.views[key] for key in expected.site_days()}
+    ledger = totals(await assert_ledger_balances(own, client, db))
+    assert (ledger["accepted"], ledger["stored"], ledger["in_stream"]) == (
+        len(events),
+        expected.stored_events,
+        0,
+    )
+    # Visits and every dimension, as the definitions give them from the stored events.
+    drained = run_module(own, "processor", "--drain")  # folds every visit still open
+    assert drained.returncode == 0, drained.stderr
+    wanted = expected_rollups(await stored_events(db), await time_zones(db))
+    found = await stored_rollups(db)
+    assert not differences(wanted, found), "\n".join(differences(wanted, found))
+
+
+async def _caught_up(client: redis.RedisCluster, settings: Settings) -> bool:
+    return await _backlog(client, settings) == 0
+
+
+async def _stored_some(db: asyncpg.Pool) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM events"))
+
+
+async def test_the_ingest_server_writes_on_through_a_master_restart(
+    on_cluster: tuple[Settings, redis.RedisCluster],
+    cluster: PrivateRedisCluster,
+    db: asyncpg.Pool,
+    start_server: Callable[[Settings], str],
+) -> None:
+    """Every event answered 202 is stored once; those answered 503 while their master was
+    away are sent again, as a client would, until they are taken."""
+    own, client = on_cluster
+    sent, refused = 0, 0
+    master = cluster.owner_of(shards_of(own)[1].settings.stream_key)
+    headers = {"user-agent": CHROME}
+    async with httpx.AsyncClient(base_url=start_server(own), headers=headers) as http:
+        for i in range(300):
+            if i == 100:
+                master.kill()
+            event = {
+                "site_id": "s",
+                "event_type": "page_view",
+                "path": f"/{i % 9}",
+                "user_id": f"user-{i % 30}",  # spread over every shard
+                "event_id": str(uuid.uuid4()),  # the same event when it is sent again
+            }
+            deadline = time.monotonic() + 30
+            while (answer := await http.post("/event", json=event)).status_code != 202:
+                assert answer.status_code == 503, answer.text
+                assert time.monotonic() < deadline, "the master's shard never came back"
+                refused += 1
+                if refused == 10:  # refused for a while: the master comes back
+                    master.start()
+                await asyncio.sleep(0.05)
+            sent += 1
+    assert refused > 0, "no write went to the stopped master: the test proved nothing"
+    drained = run_module(own, "processor", "--drain")
+    assert drained.returncode == 0, drained.stderr
+    assert await db.fetchval("SELECT count(*) FROM events") == sent
+    assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == sent
+    ledger = totals(await assert_ledger_balances(own, client, db))
+    assert (ledger["accepted"], ledger["stored"]) == (sent, sent)
