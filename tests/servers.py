@@ -174,6 +174,32 @@ class PrivateRedisCluster:
                     return next(node for node in self.nodes if node.port == port)
         raise AssertionError(f"no master serves {key!r}")
 
+    def move_slot_of(self, key: str, to: PrivateRedis) -> None:
+        """Migrate the key's slot, with every key in it, to another master, as
+        `redis-cli --cluster reshard` does: IMPORTING, MIGRATING, MIGRATE, then NODE."""
+        source = self.owner_of(key)
+        clients = {node.port: sync_redis.Redis.from_url(node.url) for node in self.nodes}
+        try:
+            slot = clients[source.port].execute_command("CLUSTER", "KEYSLOT", key)
+            source_id, target_id = (
+                clients[node.port].execute_command("CLUSTER", "MYID").decode()
+                for node in (source, to)
+            )
+            clients[to.port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            clients[source.port].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := clients[source.port].execute_command(
+                "CLUSTER", "GETKEYSINSLOT", slot, 100
+            ):
+                clients[source.port].execute_command(
+                    "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys
+                )
+            for client in clients.values():
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        finally:
+            for client in clients.values():
+                client.close()
+        self.wait_until_whole()
+
     @staticmethod
     def _until(address: str, check: Callable[[sync_redis.Redis], object], failure: str) -> None:
         deadline = time.monotonic() + 30

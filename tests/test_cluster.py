@@ -273,3 +273,40 @@ async def test_the_ingest_server_writes_on_through_a_master_restart(
     assert await db.fetchval("SELECT sum(total_views) FROM daily_site_stats") == sent
     ledger = totals(await assert_ledger_balances(own, client, db))
     assert (ledger["accepted"], ledger["stored"]) == (sent, sent)
+
+
+async def test_a_shard_whose_slot_moves_to_another_master_is_followed_there(
+    on_cluster: tuple[Settings, redis.RedisCluster],
+    cluster: PrivateRedisCluster,
+    db: asyncpg.Pool,
+    start_server: Callable[[Settings], str],
+) -> None:
+    """The ingest server's connection to a shard's master is told MOVED once the slot has
+    moved (resharding): the transaction it was in is discarded, and sent to the master
+    named. No event is refused, none is written twice."""
+    own, client = on_cluster
+    shard = shards_of(own)[0].settings
+    before = cluster.owner_of(shard.stream_key)
+    after = next(node for node in cluster.nodes if node is not before)
+    events = [
+        {"site_id": "s", "event_type": "page_view", "path": "/", "user_id": f"user-{i}"}
+        for i in range(120)
+    ]
+    async with httpx.AsyncClient(
+        base_url=start_server(own), headers={"user-agent": CHROME}
+    ) as http:
+        for i, event in enumerate(events):
+            if i == 60:
+                cluster.move_slot_of(shard.stream_key, after)
+            answer = await http.post("/event", json=event)
+            assert answer.status_code == 202, answer.text
+    assert cluster.owner_of(shard.stream_key) is after
+    async with redis.Redis.from_url(after.url) as direct:  # the shard, whole, moved there
+        assert await direct.xlen(shard.stream_key) == sum(
+            shard_number("s", e["user_id"], SHARDS) == 0 for e in events
+        )
+    drained = run_module(own, "processor", "--drain")
+    assert drained.returncode == 0, drained.stderr
+    assert await db.fetchval("SELECT count(*) FROM events") == len(events)
+    ledger = totals(await assert_ledger_balances(own, client, db))
+    assert (ledger["accepted"], ledger["stored"]) == (len(events), len(events))
