@@ -6,7 +6,8 @@ and removes what it made. BENCH_ROUNDS (3), BENCH_SECONDS (8) and BENCH_EVENTS (
 bound the run; BENCH_STEPS (e.g. "ingest_single,processing"; "ingest_processes": single events with
 INGEST_PROCESSES=2 against one process on the same core; "poison": the processor with
 0.5% unstorable entries against the same drain without them; "processing_visits" and
-"freshness_visits": those steps with COUNT_VISITS=true) picks steps; BENCH_RESULTS
+"freshness_visits": those steps with COUNT_VISITS=true; "cluster": single events and
+processing with 3 shards on a private Redis Cluster against one stream on one Redis) picks steps; BENCH_RESULTS
 names another folder for the results than benchmarks/results.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from benchmarks import report, steps, wrk
+from benchmarks import cluster, report, steps, wrk
 from benchmarks.context import BenchContext
 from benchmarks.processes import ROOT, cpus
 from common.config import Settings
@@ -46,6 +47,7 @@ ALL_STEPS = (
     "reporting",
     "slow_clients",
     "slow_clients_spread",
+    "cluster",
 )
 
 
@@ -123,6 +125,8 @@ def main() -> int:
                     results[step] = steps.slow_clients(ctx)
                 elif step == "slow_clients_spread":
                     results[step] = steps.slow_clients(ctx, spread=True)
+                elif step == "cluster":
+                    results[step] = cluster.cluster_against_one_redis(ctx, events // 2)
                 else:
                     raise SystemExit(f"unknown step {step!r}; steps: {', '.join(ALL_STEPS)}")
         finally:

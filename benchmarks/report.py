@@ -167,6 +167,25 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{slow['reference_p99_ms'] / slow['p99_ms']:.2f}",
             )
         )
+    on_cluster = results.get("cluster")
+    if on_cluster:
+        shards = on_cluster["shards"]
+        table.append(
+            (
+                f"7. single events, {shards} shards on a {shards}-master Redis Cluster",
+                f"{on_cluster['requests_per_s']['median']:,.0f} req/s",
+                f"one stream on one Redis {on_cluster['reference_requests_per_s']['median']:,.0f} req/s",
+                f"{on_cluster['ingest_ratio']:.2f}",
+            )
+        )
+        table.append(
+            (
+                f"7a. processor draining {on_cluster['events']:,} events from those {shards} shards",
+                f"{on_cluster['events_per_s']['median']:,.0f} events/s",
+                f"from one stream on one Redis {on_cluster['reference_events_per_s']['median']:,.0f} events/s",
+                f"{on_cluster['processing_ratio']:.2f}",
+            )
+        )
     memory = []
     if single:
         memory.append(

@@ -56,13 +56,27 @@ BROWSER_HEADERS = {
 
 
 def lua_script(
-    *, method: str = "GET", body: bytes | None = None, delay_ms: float | None = None
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    delay_ms: float | None = None,
+    bodies: list[bytes] | None = None,
 ) -> str:
+    """`bodies`: sent in turn, one per request, each connection from the first (wrk then
+    formats every request itself, which costs it a little time)."""
     lines = [f'wrk.method = "{method}"']
     lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in BROWSER_HEADERS.items()]
+    if body is not None or bodies:
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
     if body is not None:
         lines.append(f"wrk.body = {_lua_string(body)}")
-        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    if bodies:
+        lines.append(f"local bodies = {{{', '.join(map(_lua_string, bodies))}}}")
+        lines.append(
+            "local turn = 0\n"
+            "request = function() turn = turn % #bodies + 1 "
+            "return wrk.format(nil, nil, nil, bodies[turn]) end"
+        )
     if delay_ms is not None:
         # Pace each connection: wrk waits this long before each request. It takes whole
         # milliseconds only, so round up or down at random to keep the fraction on average.

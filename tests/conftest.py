@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -34,9 +33,10 @@ from common.shards import shards_of
 from processor.consumer import StreamProcessor
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
 from processor.store import Counting, prepare_connection
+from tests.servers import PrivateRedis, free_port  # (free_port: for the tests to import)
 
-if TYPE_CHECKING:
-    from tests.servers import PrivateRedis
+__all__ = ["free_port"]
+
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -138,12 +138,6 @@ async def drain(settings: Settings, client: AsyncRedis, pool: asyncpg.Pool) -> N
             await fold_ended(conn, counting, EVERYTHING, sweep_from=ALL_DAYS)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_module(
     settings: Settings, module: str, *args: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -205,8 +199,6 @@ def running_server(settings: Settings) -> Iterator[str]:
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     """A redis-server of the test's own, for it to start (and kill, and start again)."""
-    from tests.servers import PrivateRedis  # (tests.servers imports this module)
-
     server = PrivateRedis()
     try:
         yield server

@@ -1,4 +1,5 @@
-"""Private Redis and PostgreSQL servers that a test starts, kills and restarts itself."""
+"""Private Redis and PostgreSQL servers that a test starts, kills and restarts itself
+(and `make bench` its Redis Cluster: benchmarks/cluster.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,25 @@ import asyncio
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 
 import asyncpg
 import redis as sync_redis
 import redis.asyncio as redis
 
-from tests.conftest import free_port
+from common.config import Settings
+from common.shards import shards_of
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:
@@ -173,6 +183,16 @@ class PrivateRedisCluster:
                 if start <= slot <= end:
                     return next(node for node in self.nodes if node.port == port)
         raise AssertionError(f"no master serves {key!r}")
+
+    def stream_key_spread(self, shards: int) -> str:
+        """A stream key whose shards' hash tags fall on different masters (as far as there
+        are masters): a random name spreads three shards over three masters one time in 4.5."""
+        while True:
+            key = f"cluster-{uuid.uuid4().hex[:8]}"
+            settings = Settings(stream_key=key, stream_shards=shards, redis_cluster=True)
+            owners = {self.owner_of(s.settings.stream_key).port for s in shards_of(settings)}
+            if len(owners) == min(shards, len(self.nodes)):
+                return key
 
     def move_slot_of(self, key: str, to: PrivateRedis) -> None:
         """Migrate the key's slot, with every key in it, to another master, as

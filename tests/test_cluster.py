@@ -63,17 +63,6 @@ def test_a_cluster_is_reached_by_a_node_address() -> None:
     assert (one.settings.stream_key, one.settings.ledger_key_prefix) == ("{s:0}", "{s:0}:ledger:")
 
 
-def spread_stream_key(cluster: PrivateRedisCluster) -> str:
-    """A stream key whose shards' hash tags fall on three different masters (a random
-    name lands them so one time in 4.5)."""
-    while True:
-        key = f"cluster-{uuid.uuid4().hex[:8]}"
-        shards = shards_of(Settings(stream_key=key, stream_shards=SHARDS, redis_cluster=True))
-        owners = {cluster.owner_of(s.settings.stream_key).port for s in shards}
-        if len(owners) == SHARDS:
-            return key
-
-
 @pytest.fixture
 async def on_cluster(
     settings: Settings, cluster: PrivateRedisCluster
@@ -83,7 +72,7 @@ async def on_cluster(
         redis_url=cluster.url,
         redis_cluster=True,
         stream_shards=SHARDS,
-        stream_key=spread_stream_key(cluster),
+        stream_key=cluster.stream_key_spread(SHARDS),
     )
     client = redis.RedisCluster.from_url(cluster.url)
     yield own, client
