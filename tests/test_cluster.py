@@ -13,20 +13,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
 import redis.asyncio as redis
 
 from common.config import ConfigError, Settings
 from common.shards import shard_number, shards_of
-from ingest.validation import parse_event
 from tests import datasets
 from tests.conftest import run_module
-from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
+from tests.ledger_check import assert_ledger_balances, totals
 from tests.rollup_answers import (
     differences,
     expected_rollups,
@@ -38,6 +35,7 @@ from tests.servers import PrivateRedisCluster
 from tests.test_edge_http import CHROME
 from tests.test_end_to_end import send_all
 from tests.test_processor_faults import FAULT_SETTINGS, Scenario, wait_until
+from tests.test_shards import assert_exact_on_shards, waiting_on_shards, write_spread
 
 SHARDS = 3
 NOW = time.time_ns() // 1000
@@ -136,20 +134,6 @@ async def test_the_known_answer_through_http_with_each_shard_on_its_own_master(
     )
 
 
-async def _backlog(client: redis.RedisCluster, settings: Settings) -> int | None:
-    """Entries waiting on every shard; None while a shard has no group or is away."""
-    waiting = 0
-    try:
-        for shard in shards_of(settings):
-            groups = await client.xinfo_groups(shard.settings.stream_key)
-            if not groups:
-                return None
-            waiting += sum(int(g["pending"]) + int(g["lag"] or 0) for g in groups)
-    except (redis.RedisError, OSError):
-        return None
-    return waiting
-
-
 async def test_processors_killed_and_a_master_restarted_from_its_append_only_file(
     on_cluster: tuple[Settings, redis.RedisCluster],
     cluster: PrivateRedisCluster,
@@ -160,13 +144,7 @@ async def test_processors_killed_and_a_master_restarted_from_its_append_only_fil
     # Small batches: the work outlasts the kills, and each kill finds batches in flight.
     own = dataclasses.replace(sharded, **(FAULT_SETTINGS | {"batch_size": 100}))
     events, expected = datasets.generate(40_000, seed=43, resend_share=0.02)
-    valid = [parse_event(orjson.dumps(event), NOW) for event in events]
-    by_shard: dict[int, list[dict[str, Any]]] = {}
-    for event in valid:  # as the ingest server spreads them
-        number = shard_number(event["site_id"], event["user_id"], SHARDS)
-        by_shard.setdefault(number, []).append(event)
-    for shard in shards_of(own):
-        await write_as_the_edge(client, shard.settings.stream_key, by_shard[shard.number])
+    await write_spread(client, own, events)
 
     scenario = Scenario(own, events, expected, tmp_path)
     names = ["p0", "p1"]
@@ -183,7 +161,7 @@ async def test_processors_killed_and_a_master_restarted_from_its_append_only_fil
             if restart_at and time.monotonic() > restart_at:
                 master.start()  # from its append-only file; processors killed meanwhile
                 restart_at = 0
-            kills_with_work_left += await _backlog(client, own) != 0  # (None: master away)
+            kills_with_work_left += await waiting_on_shards(client, own) != 0  # (None: master away)
             index = rng.randrange(len(names))
             scenario.kill(names[index])
             names[index] = f"p{index}-{kill}"
@@ -195,18 +173,7 @@ async def test_processors_killed_and_a_master_restarted_from_its_append_only_fil
     finally:
         scenario.kill_all()
     assert kills_with_work_left >= 3, "the work ended before enough kills to mean anything"
-    assert await db.fetchval("SELECT count(*) FROM events") == expected.stored_events
-    stats = {
-        (r["site_id"], r["date"]): r["total_views"]
-        for r in await db.fetch("SELECT site_id, date, total_views FROM daily_site_stats")
-    }
-    assert stats == {key: expected.views[key] for key in expected.site_days()}
-    ledger = totals(await assert_ledger_balances(own, client, db))
-    assert (ledger["accepted"], ledger["stored"], ledger["in_stream"]) == (
-        len(events),
-        expected.stored_events,
-        0,
-    )
+    await assert_exact_on_shards(own, client, db, events, expected)
     # Visits and every dimension, as the definitions give them from the stored events.
     drained = run_module(own, "processor", "--drain")  # folds every visit still open
     assert drained.returncode == 0, drained.stderr
@@ -216,7 +183,7 @@ async def test_processors_killed_and_a_master_restarted_from_its_append_only_fil
 
 
 async def _caught_up(client: redis.RedisCluster, settings: Settings) -> bool:
-    return await _backlog(client, settings) == 0
+    return await waiting_on_shards(client, settings) == 0
 
 
 async def _stored_some(db: asyncpg.Pool) -> bool:

@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as redis
 
 from common.config import ConfigError, Settings
+from common.redis_clients import AsyncRedis
 from common.shards import shard_number, shards_of
 from ingest.validation import parse_event
 from tests import datasets
@@ -98,15 +99,54 @@ async def test_events_sent_over_http_are_spread_by_visitor_and_each_counted_once
     assert (days["accepted"], days["stored"], days["duplicates"]) == (241, 240, 1)
 
 
-async def _backlog(client: redis.Redis, settings: Settings) -> int | None:
-    """Entries waiting on every shard; None until each has its consumer group."""
+async def waiting_on_shards(client: AsyncRedis, settings: Settings) -> int | None:
+    """Entries waiting on every shard; None until each has its consumer group, or while
+    Redis (a master of a cluster) does not answer."""
     waiting = 0
-    for shard in shards_of(settings):
-        groups = await client.xinfo_groups(shard.settings.stream_key)
-        if not groups:
-            return None
-        waiting += sum(int(g["pending"]) + int(g["lag"] or 0) for g in groups)
+    try:
+        for shard in shards_of(settings):
+            groups = await client.xinfo_groups(shard.settings.stream_key)
+            if not groups:
+                return None
+            waiting += sum(int(g["pending"]) + int(g["lag"] or 0) for g in groups)
+    except (redis.RedisError, OSError):
+        return None
     return waiting
+
+
+async def write_spread(
+    client: AsyncRedis, settings: Settings, events: list[dict[str, object]]
+) -> None:
+    """The events validated and written to their shards as the ingest server spreads them."""
+    valid = [parse_event(orjson.dumps(event), NOW) for event in events]
+    by_shard: dict[int, list[dict[str, Any]]] = {}
+    for event in valid:
+        number = shard_number(event["site_id"], event["user_id"], settings.stream_shards)
+        by_shard.setdefault(number, []).append(event)
+    for shard in shards_of(settings):
+        await write_as_the_edge(client, shard.settings.stream_key, by_shard[shard.number])
+
+
+async def assert_exact_on_shards(
+    settings: Settings,
+    client: AsyncRedis,
+    db: asyncpg.Pool,
+    events: list[dict[str, object]],
+    expected: datasets.Expected,
+) -> None:
+    """Each event stored once, the site-days' page views, and a balanced ledger."""
+    assert await db.fetchval("SELECT count(*) FROM events") == expected.stored_events
+    stats = {
+        (r["site_id"], r["date"]): r["total_views"]
+        for r in await db.fetch("SELECT site_id, date, total_views FROM daily_site_stats")
+    }
+    assert stats == {key: expected.views[key] for key in expected.site_days()}
+    ledger = totals(await assert_ledger_balances(settings, client, db))
+    assert (ledger["accepted"], ledger["stored"], ledger["in_stream"]) == (
+        len(events),
+        expected.stored_events,
+        0,
+    )
 
 
 async def test_processors_killed_at_random_on_sharded_streams_leave_exact_figures(
@@ -114,13 +154,7 @@ async def test_processors_killed_at_random_on_sharded_streams_leave_exact_figure
 ) -> None:
     own = dataclasses.replace(sharded, **FAULT_SETTINGS)
     events, expected = datasets.generate(20_000, seed=31, resend_share=0.02)
-    valid = [parse_event(orjson.dumps(event), NOW) for event in events]
-    by_shard: dict[int, list[dict[str, Any]]] = {}
-    for event in valid:  # as the ingest server spreads them
-        number = shard_number(event["site_id"], event["user_id"], SHARDS)
-        by_shard.setdefault(number, []).append(event)
-    for shard in shards_of(own):
-        await write_as_the_edge(redis_client, shard.settings.stream_key, by_shard[shard.number])
+    await write_spread(redis_client, own, events)
 
     scenario = Scenario(own, events, expected, tmp_path)
     names = ["p0", "p1"]
@@ -129,7 +163,7 @@ async def test_processors_killed_at_random_on_sharded_streams_leave_exact_figure
             scenario.start(name)
         rng, kills = random.Random(5), 0
         deadline = time.monotonic() + 120
-        while any(scenario.processes) and await _backlog_or_none(redis_client, own) != 0:
+        while any(scenario.processes) and await waiting_on_shards(redis_client, own) != 0:
             assert time.monotonic() < deadline, "the processors never caught up"
             await asyncio.sleep(rng.uniform(0.05, 0.4))
             if kills < 6:
@@ -142,25 +176,7 @@ async def test_processors_killed_at_random_on_sharded_streams_leave_exact_figure
     finally:
         scenario.kill_all()
     assert kills >= 3, "the run ended before enough kills to mean anything"
-    assert await db.fetchval("SELECT count(*) FROM events") == expected.stored_events
-    stats = {
-        (r["site_id"], r["date"]): r["total_views"]
-        for r in await db.fetch("SELECT site_id, date, total_views FROM daily_site_stats")
-    }
-    assert stats == {key: expected.views[key] for key in expected.site_days()}
-    ledger = totals(await assert_ledger_balances(own, redis_client, db))
-    assert (ledger["accepted"], ledger["stored"], ledger["in_stream"]) == (
-        len(events),
-        expected.stored_events,
-        0,
-    )
-
-
-async def _backlog_or_none(client: redis.Redis, settings: Settings) -> int | None:
-    try:
-        return await _backlog(client, settings)
-    except redis.ResponseError:  # a group not made yet
-        return None
+    await assert_exact_on_shards(own, redis_client, db, events, expected)
 
 
 async def test_each_shard_keeps_its_dead_letters_and_the_command_names_the_shard(
