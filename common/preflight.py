@@ -9,10 +9,9 @@ import asyncio
 import sys
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from common.config import Settings, redact_url, settings_or_exit
-from common.redis_clients import async_client
+from common.redis_clients import REDIS_FAILURES, async_client
 
 HINT = """\
 {what} is not reachable at {url}: {error}
@@ -25,7 +24,7 @@ async def check_redis(settings: Settings) -> str | None:
     client = async_client(settings, socket_connect_timeout=2, socket_timeout=2)
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         return str(exc) or type(exc).__name__
     finally:
         await client.aclose()

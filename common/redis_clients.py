@@ -12,11 +12,17 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.exceptions import RedisClusterException, RedisError
 
 from common.config import Settings
 
 AsyncRedis = redis.asyncio.Redis | redis.asyncio.RedisCluster
 SyncRedis = redis.Redis | redis.RedisCluster
+
+# What a Redis call raises when Redis cannot answer: redis-py's errors, the cluster
+# client's own (no node reachable, a slot not served: not RedisError's kind) and the
+# socket's.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 
 def async_client(settings: Settings, **options: Any) -> AsyncRedis:

@@ -14,7 +14,6 @@ import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import error_body
-from common.redis_clients import AsyncRedis, async_client
+from common.redis_clients import REDIS_FAILURES, AsyncRedis, async_client
 from common.shards import shards_of
 from ingest.admission import Admission
 from ingest.asgi import send_json
@@ -96,7 +95,7 @@ async def metrics(request: Request) -> Response:
     publisher: MetricsPublisher = request.state.metrics
     try:
         snapshots = await publisher.all_snapshots()
-    except (RedisError, OSError):  # Redis away: this process's own counts, still true
+    except REDIS_FAILURES:  # Redis away: this process's own counts, still true
         snapshots = [publisher.metrics.snapshot()]
     backlog = request.state.intake.backlog.backlog
     body = generate_latest(exposition(snapshots, backlog))
@@ -161,7 +160,7 @@ def create_app(settings: Settings) -> IngestRouter:
         client = redis_client(settings)
         try:
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
         # One writer per stream shard (common/shards.py), each with its own connection.
         writers = [

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from common.redis_clients import AsyncRedis
+from common.redis_clients import REDIS_FAILURES, AsyncRedis
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class BacklogMonitor:
         while not self._stopping.is_set():
             try:
                 self.backlog = await self.read()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 logger.debug("backlog read failed: %r", exc)  # writes will report Redis down
             self.exceeded = self.backlog > self._limit
             if self.exceeded != was_exceeded:

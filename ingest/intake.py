@@ -17,8 +17,7 @@ import dataclasses
 from collections.abc import Awaitable
 from typing import Any
 
-from redis.exceptions import RedisError
-
+from common.redis_clients import REDIS_FAILURES
 from common.shards import shard_number
 from ingest.admission import Admission
 from ingest.backlog import BacklogMonitor
@@ -84,7 +83,7 @@ class Intake:
         anonymous = [event["timestamp"] for event in events if event["user_id"] is None]
         try:
             await self.visitors.load(anonymous)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise StreamUnavailable(repr(exc)) from exc
         await self._append(events, ip, user_agent)
 

@@ -24,10 +24,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from redis.exceptions import RedisError
 
 from common.constants import METRICS_SUFFIX
-from common.redis_clients import AsyncRedis
+from common.redis_clients import REDIS_FAILURES, AsyncRedis
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class MetricsPublisher:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             try:
                 await self._publish()
-            except (RedisError, OSError) as exc:  # Redis away: the next second tries again
+            except REDIS_FAILURES as exc:  # Redis away: the next second tries again
                 logger.debug("cannot publish metrics: %r", exc)
 
     async def _publish(self) -> None:

@@ -13,11 +13,10 @@ import asyncio
 import dataclasses
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from common.constants import READY_PROBE_SUFFIX
 from common.migrate import missing_migrations
-from common.redis_clients import AsyncRedis
+from common.redis_clients import REDIS_FAILURES, AsyncRedis
 from ingest.backlog import BacklogMonitor
 from report.endpoints import StatsDatabase
 
@@ -47,7 +46,7 @@ class Readiness:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 await self.client.set(self.stream_key + READY_PROBE_SUFFIX, b"1", px=10_000)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*REDIS_FAILURES, TimeoutError) as exc:
             return f"cannot write: {type(exc).__name__}: {exc}"
         return None
 

@@ -17,7 +17,8 @@ from typing import Any
 import hiredis
 import redis.asyncio
 
-from ingest.redis_pipe import RedisPipe
+from common.redis_clients import REDIS_FAILURES
+from ingest.redis_pipe import RedisPipe, RedisPipeError
 
 # Redirects followed for one write: a slot moves once at a time; more is a cluster in flux.
 MAX_REDIRECTS = 3
@@ -66,12 +67,17 @@ class SlotPipe:
             self._pipe = None
 
     async def _open_to_owner(self) -> RedisPipe:
-        if self._map_stale:
-            await self._cluster.nodes_manager.initialize()
-            self._map_stale = False
-        else:
-            await self._cluster.initialize()  # once; later calls return at once
-        node = self._cluster.get_node_from_key(self._key)
+        # The cluster client's own failures (no node answers, a slot not served) are
+        # redis-py's errors: raised as the connection's, which the writer answers with 503.
+        try:
+            if self._map_stale:
+                await self._cluster.nodes_manager.initialize()
+                self._map_stale = False
+            else:
+                await self._cluster.initialize()  # once; later calls return at once
+            node = self._cluster.get_node_from_key(self._key)
+        except REDIS_FAILURES as exc:
+            raise RedisPipeError(f"no master found for {self._key}: {exc!r}") from exc
         assert node is not None  # (only a replica may be missing)
         self._pipe = RedisPipe(self._url, self._on_connect, (node.host, int(node.port)))
         return self._pipe

@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import asyncpg
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from common.config import Settings
-from common.redis_clients import AsyncRedis
+from common.redis_clients import REDIS_FAILURES, AsyncRedis
 from common.stopping import stopped_within
 from processor import maintenance
 from processor.decode import DecodedBatch, Entry, Row, decode_entries
@@ -66,8 +66,7 @@ UNAVAILABLE = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     PartitionUnavailable,
-    RedisError,
-    OSError,
+    *REDIS_FAILURES,
     TimeoutError,
 )
 

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisClusterException, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.config import Settings, redact_url, settings_or_exit
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     client = sync_client(settings, socket_connect_timeout=5, socket_timeout=30)
     try:
         return run_command(args, client, settings)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as exc:
         sys.stderr.write(f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}\n")
     except ConcurrentChangeError as exc:
         sys.stderr.write(f"{exc}; try again\n")

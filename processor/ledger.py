@@ -31,12 +31,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from common.config import Settings, settings_or_exit
 from common.constants import LEDGER_TTL_DAYS, MICROS_PER_DAY
 from common.days import utc_date
-from common.redis_clients import AsyncRedis, async_client
+from common.redis_clients import REDIS_FAILURES, AsyncRedis, async_client
 from common.shards import shards_of
 from processor.maintenance import parse_id
 from processor.tally import event_of, where_of
@@ -327,7 +326,7 @@ async def _verify_command(args: argparse.Namespace, settings: Settings) -> int:
             days, different = await verify(
                 source, pool, site_id=args.site, day=args.date, oldest=oldest
             )
-    except (RedisError, OSError, asyncpg.PostgresError) as exc:
+    except (*REDIS_FAILURES, asyncpg.PostgresError) as exc:
         print(f"cannot read the ledger: {exc!r}", file=sys.stderr)
         return 2
     finally:

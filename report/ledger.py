@@ -7,10 +7,10 @@ others wait their turn): many at once must not take the ingest routes' time."""
 from __future__ import annotations
 
 import asyncpg
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.redis_clients import REDIS_FAILURES
 from processor.ledger import LedgerDay, LedgerSource, read_ledger
 from report.endpoints import read_database, readable_site_day
 from report.responses import OrjsonResponse, unavailable
@@ -30,7 +30,7 @@ async def ledger(request: Request) -> Response:
     try:
         async with request.state.ledger_slot:
             result = await read_database(request, read)
-    except (RedisError, OSError):
+    except REDIS_FAILURES:
         return unavailable("Redis is unavailable; retry later")
     if isinstance(result, Response):
         return result

@@ -31,7 +31,7 @@ from tests.rollup_answers import (
     stored_rollups,
     time_zones,
 )
-from tests.servers import PrivateRedisCluster
+from tests.servers import PrivateRedisCluster, free_port
 from tests.test_edge_http import CHROME
 from tests.test_end_to_end import send_all
 from tests.test_processor_faults import FAULT_SETTINGS, Scenario, wait_until
@@ -59,6 +59,22 @@ def test_a_cluster_is_reached_by_a_node_address() -> None:
     # Even one shard's keys share a hash tag there: a transaction stays on one master.
     [one] = shards_of(Settings(stream_key="s", redis_cluster=True))
     assert (one.settings.stream_key, one.settings.ledger_key_prefix) == ("{s:0}", "{s:0}:ledger:")
+
+
+async def test_no_cluster_to_reach_is_a_503_at_once_not_a_wait(
+    settings: Settings, start_server: Callable[[Settings], str]
+) -> None:
+    """The cluster client's own failure to find a master is answered like a lost
+    connection: 503, within the Redis timeout."""
+    own = dataclasses.replace(
+        settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_cluster=True
+    )
+    async with httpx.AsyncClient(base_url=start_server(own), timeout=10) as http:
+        for _ in range(2):  # the first write, and one after it failed
+            started = time.monotonic()
+            answer = await http.post("/event", json={"site_id": "s", "event_type": "page_view"})
+            assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
+            assert time.monotonic() - started < 5
 
 
 @pytest.fixture
