@@ -12,6 +12,11 @@ def _errors(figures: dict[str, Any]) -> str:
     return f", {count:,} non-2xx answers (not counted)" if count else ""
 
 
+def _refused_at_cap(slow: dict[str, Any]) -> str:
+    refused = slow.get("server_closed_by_reason", {}).get("refused_at_cap")
+    return f", {refused:,} new ones refused at the cap" if refused else ""
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measurement, our figure, the reference measured in the same run, ratio)."""
     table: list[tuple[str, str, str, str]] = []
@@ -162,7 +167,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"p99 {slow['p99_ms']:.1f} ms, {slow['normal_failures']} failed of "
                 f"{slow['normal_requests']:,}; server {slow['server_peak_rss_mb']:.0f} MB, "
                 f"{slow['server_peak_open_files']:,} files at most; "
-                f"{slow['closed_by_server']:,} attacker connections closed",
+                f"{slow['closed_by_server']:,} attacker connections closed" + _refused_at_cap(slow),
                 f"same client, no attackers: p99 {slow['reference_p99_ms']:.1f} ms",
                 f"{slow['reference_p99_ms'] / slow['p99_ms']:.2f}",
             )

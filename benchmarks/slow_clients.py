@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import resource
@@ -33,6 +34,7 @@ from typing import Any
 
 import redis
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.processes import cpus, free_port, pinned, wait_for_port
 
@@ -217,6 +219,7 @@ def measure(
     normal.join()
     reports = [json.loads(a.communicate(timeout=seconds + 60)[0]) for a in attackers]
     sampler.join()
+    closed = _closed_by_reason(port)
     quantiles = statistics.quantiles(latencies, n=100)
     return {
         "attacker_connections": connections,
@@ -234,6 +237,23 @@ def measure(
         "server_peak_open_files": int(peaks["fds"]),
         "reference_p99_ms": baseline["p99_ms"],
         "reference_failures": baseline["failures"],
+        "server_closed_by_reason": closed,
+    }
+
+
+def _closed_by_reason(port: int) -> dict[str, int]:
+    """The server's own count of the connections it closed or refused, by reason."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        exposition = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return {
+        sample.labels["reason"]: int(sample.value)
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "analytics_ingest_connections_closed"
+        for sample in family.samples
     }
 
 

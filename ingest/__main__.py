@@ -72,13 +72,14 @@ def main() -> int:
         max_connections_per_address=settings.max_connections_per_address,
         trusted_proxies=settings.trusted_proxies,
     )
+    protocol = edge_protocol(limits)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, protocol.guard),
         host=settings.host,
         port=settings.port,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        **{**SERVER_OPTIONS, "http": edge_protocol(limits)},
+        **{**SERVER_OPTIONS, "http": protocol},
     )
     server = uvicorn.Server(config)
     early_stop.hand_over(server.handle_exit)

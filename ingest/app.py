@@ -28,6 +28,7 @@ from ingest.admission import Admission
 from ingest.asgi import send_json
 from ingest.backlog import BacklogMonitor
 from ingest.compat import PlausibleEventEndpoint, UmamiSendEndpoint
+from ingest.edge import EdgeGuard
 from ingest.endpoints import BatchEndpoint, EventEndpoint, PixelEndpoint
 from ingest.geo import CountryLookup
 from ingest.intake import Intake
@@ -154,7 +155,9 @@ class IngestRouter:
         return endpoint(scope, receive, send)
 
 
-def create_app(settings: Settings) -> IngestRouter:
+def create_app(settings: Settings, edge: EdgeGuard | None = None) -> IngestRouter:
+    """`edge`: the server's connection guard, whose counts GET /metrics reports."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         client = redis_client(settings)
@@ -234,7 +237,7 @@ def create_app(settings: Settings) -> IngestRouter:
             await backlog.stop()
             await client.aclose()
 
-    counts = IngestMetrics()  # the endpoints' and the stream writer's
+    counts = IngestMetrics(edge)  # the endpoints', the stream writer's and the edge's
     answers = AnswerCache(settings.report_cache_ms)
     reused = ReusedAnswers(answers)
     posts = frozenset({"POST", "OPTIONS"})

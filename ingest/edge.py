@@ -168,6 +168,15 @@ class EdgeGuard:
         self.per_address: dict[str, int] = {}
         self._proxies = ClientResolver(limits.trusted_proxies)
 
+    def closed_by_reason(self) -> dict[str, int]:
+        """What GET /metrics reports (analytics_ingest_connections_closed_total)."""
+        return {
+            "slow": self.closed_slow,
+            "evicted_at_cap": self.evicted,
+            "refused_at_cap": self.refused_busy,
+            "refused_per_address": self.refused_per_address,
+        }
+
     def admit_address(self, host: str) -> str | None:
         """The key that counts this connection against its address's limit (the caller
         gives it back with `release_address`); None when it is not counted. Raises

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.core import (
@@ -28,6 +28,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from common.constants import METRICS_SUFFIX
 from common.redis_clients import REDIS_FAILURES, AsyncRedis
 
+if TYPE_CHECKING:
+    from ingest.edge import EdgeGuard
+
 logger = logging.getLogger(__name__)
 
 PUBLISH_INTERVAL_S = 1.0
@@ -38,9 +41,11 @@ _NAME = "analytics_ingest"
 
 
 class IngestMetrics:
-    """One process's counts since it started."""
+    """One process's counts since it started; with `edge`, its server's connection guard,
+    whose counts of connections closed to protect the server go out with them."""
 
-    def __init__(self) -> None:
+    def __init__(self, edge: EdgeGuard | None = None) -> None:
+        self.edge = edge
         self.requests: dict[str, Counter[int]] = {}  # route: answers by status
         self.events_accepted = 0
         self.events_ignored: Counter[str] = Counter()  # by reason
@@ -69,6 +74,7 @@ class IngestMetrics:
             "events_written": self.events_written,
             "latency_counts": self.latency_counts,
             "latency_sum": self.latency_sum,
+            "connections_closed": {} if self.edge is None else self.edge.closed_by_reason(),
         }
 
 
@@ -151,6 +157,17 @@ class _Summed(Collector):
             ignored.add_metric([reason], count)
         yield ignored
         yield _total("events_rejected", "Invalid events, refused with a 400", snapshots)
+        closed = CounterMetricFamily(
+            f"{_NAME}_connections_closed",
+            "Connections closed or refused to protect the server (ingest/edge.py), by reason",
+            labels=["reason"],
+        )
+        closed_for: Counter[str] = Counter()
+        for snapshot in snapshots:  # (a process of an older release has none)
+            closed_for.update(snapshot.get("connections_closed", {}))
+        for reason, count in sorted(closed_for.items()):
+            closed.add_metric([reason], count)
+        yield closed
         yield _total("redis_writes", "Writes to the stream (each of many events)", snapshots)
         yield _total("events_written", "Events in those writes", snapshots)
         counts = [

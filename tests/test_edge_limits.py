@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import Settings
 from tests.servers import PrivateRedis
@@ -115,6 +116,9 @@ async def test_idle_slow_and_unfinished_requests_are_closed_in_time(
         writer.close()
     # Only the whole request was enqueued; the cut-off body left nothing behind.
     assert await redis_client.xlen(settings.stream_key) == 1
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        closed = _connections_closed((await client.get("/metrics")).text)
+    assert closed["slow"] >= 3  # the idle one, the slow head, the idle keep-alive one
 
 
 async def test_a_body_cut_off_by_a_disconnect_is_not_half_used(
@@ -253,6 +257,22 @@ async def test_at_the_connection_cap_waiting_clients_make_room_for_new_ones(
     assert len(refused) >= 30 - 16
     for _, writer in idle + burst:
         writer.close()
+    # And an operator sees both in GET /metrics.
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        closed = _connections_closed((await client.get("/metrics")).text)
+    assert closed["evicted_at_cap"] >= 1
+    assert closed["refused_at_cap"] == len(refused)
+
+
+def _connections_closed(exposition: str) -> dict[str, float]:
+    """analytics_ingest_connections_closed_total by reason, from GET /metrics."""
+    found = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name == "analytics_ingest_connections_closed":
+            for sample in family.samples:
+                found[sample.labels["reason"]] = sample.value
+    return found
 
 
 async def test_one_address_holds_at_most_its_share_of_connections(
@@ -265,6 +285,13 @@ async def test_one_address_holds_at_most_its_share_of_connections(
     held = [await _open(settings.port) for _ in range(8)]
     ninth, ninth_writer = await _open(settings.port)
     assert b"too_many_connections" in await _closed_within(ninth, 2)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.port}",
+        timeout=5,
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3"),
+    ) as client:
+        closed = _connections_closed((await client.get("/metrics")).text)
+    assert closed["refused_per_address"] == 1
     # 127.0.0.2 is another client (all of 127/8 is loopback).
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", settings.port, local_addr=("127.0.0.2", 0)
