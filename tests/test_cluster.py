@@ -16,14 +16,16 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import redis.asyncio as redis
 
 from common.config import ConfigError, Settings
 from common.shards import shard_number, shards_of
+from ingest.validation import parse_event
 from tests import datasets
 from tests.conftest import run_module
-from tests.ledger_check import assert_ledger_balances, totals
+from tests.ledger_check import assert_ledger_balances, totals, write_as_the_edge
 from tests.rollup_answers import (
     differences,
     expected_rollups,
@@ -282,3 +284,23 @@ async def test_a_shard_whose_slot_moves_to_another_master_is_followed_there(
     assert await db.fetchval("SELECT count(*) FROM events") == len(events)
     ledger = totals(await assert_ledger_balances(own, client, db))
     assert (ledger["accepted"], ledger["stored"]) == (len(events), len(events))
+
+
+async def test_a_dead_letter_is_replayed_on_its_shards_master(
+    on_cluster: tuple[Settings, redis.RedisCluster], db: asyncpg.Pool
+) -> None:
+    """The dead-letter command's WATCH/MULTI transaction, through the cluster client."""
+    own, client = on_cluster
+    bad = parse_event(orjson.dumps({"site_id": "s", "event_type": "page_view"}), NOW)
+    bad["screen_width"] = -1  # refused by the processor
+    second = shards_of(own)[1].settings
+    await write_as_the_edge(client, second.stream_key, [bad])
+    drained = run_module(own, "processor", "--drain")
+    assert drained.returncode == 0, drained.stderr
+    [(dead_id, _)] = await client.xrange(second.dead_letter_key)
+    replayed = run_module(own, "processor.deadletters", "--shard", "1", "replay", dead_id.decode())
+    assert replayed.returncode == 0, replayed.stderr
+    assert await client.xlen(second.dead_letter_key) == 0
+    ledger = totals(await assert_ledger_balances(own, client, db))
+    assert (ledger["accepted"], ledger["dead_lettered"], ledger["replayed"]) == (1, 1, 1)
+    assert ledger["in_stream"] == 1  # back in its stream, waiting to be stored again
