@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import re
-import sys
 from typing import Any
 
 import orjson
@@ -22,9 +20,11 @@ import redis
 
 from benchmarks import data, wrk
 from benchmarks.context import BenchContext, median, summary
-from benchmarks.processes import Measured, free_port, http_server, pinned
+from benchmarks.processes import free_port, http_server
+from benchmarks.steps import run_drain
 from common.config import Settings
-from common.constants import EVENT_FIELD, WRITTEN_TABLES
+from common.constants import EVENT_FIELD
+from common.redis_clients import sync_client
 from common.shards import shard_number, shards_of
 from tests.servers import PrivateRedis, PrivateRedisCluster
 
@@ -32,7 +32,6 @@ SHARDS = 3
 CONNECTIONS = 64
 # Single events from this many users in turn, so that the cluster's three shards share them.
 BODIES = 300
-PROCESSED = re.compile(rb"processed (\d+) entries in ([\d.]+) s")
 
 
 def cluster_against_one_redis(ctx: BenchContext, events: int) -> dict[str, Any]:
@@ -97,12 +96,6 @@ def _settings(ctx: BenchContext, set_up: dict[str, Any]) -> Settings:
     return dataclasses.replace(ctx.settings, **set_up)
 
 
-def _client(settings: Settings) -> redis.Redis | redis.RedisCluster:
-    if settings.redis_cluster:
-        return redis.RedisCluster.from_url(settings.redis_url)
-    return redis.Redis.from_url(settings.redis_url)
-
-
 def _ingest(ctx: BenchContext, set_up: dict[str, Any], script: str, name: str) -> float:
     """Requests/s of single events (a 1 s warm-up, then the measured run), checked against
     the events the shards hold."""
@@ -117,7 +110,7 @@ def _ingest(ctx: BenchContext, set_up: dict[str, Any], script: str, name: str) -
         ]
     accepted = sum(r.requests - r.non_2xx for r in runs)
     settings = _settings(ctx, set_up)
-    client = _client(settings)
+    client = sync_client(settings)
     try:
         lengths = [int(client.xlen(s.settings.stream_key)) for s in shards_of(settings)]
     finally:
@@ -132,7 +125,7 @@ def _process(ctx: BenchContext, set_up: dict[str, Any], payloads: list[bytes], n
     ingest server spreads them."""
     settings = _settings(ctx, set_up)
     shards = shards_of(settings)
-    client = _client(settings)
+    client = sync_client(settings)
     try:
         pipe = client.pipeline(transaction=False)
         for payload in payloads:
@@ -143,15 +136,7 @@ def _process(ctx: BenchContext, set_up: dict[str, Any], payloads: list[bytes], n
         pipe.execute()
     finally:
         client.close()
-    log = ctx.log_dir / f"cluster-processor-{name}.log"
-    command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
-    processor = Measured(command, ctx.env(log_level="INFO", **set_up), log)
-    if processor.wait(timeout=600) != 0:
-        raise processor.failure("failed")
-    found = PROCESSED.search(log.read_bytes())
-    if found is None or int(found[1]) != len(payloads):
-        raise AssertionError(f"{name}: the processor did not drain {len(payloads)} entries")
-    return len(payloads) / float(found[2])
+    return run_drain(ctx, len(payloads), f"cluster-processor-{name}", **set_up)[0]
 
 
 def _reset(ctx: BenchContext, servers: list[PrivateRedis]) -> None:
@@ -159,8 +144,4 @@ def _reset(ctx: BenchContext, servers: list[PrivateRedis]) -> None:
     for server in servers:
         with redis.Redis.from_url(server.url) as client:
             client.flushall()
-
-    async def truncate(conn: Any) -> None:
-        await conn.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES)}")
-
-    ctx.with_db(truncate)
+    ctx.empty_tables()

@@ -52,7 +52,9 @@ class BenchContext:
     def reset(self) -> None:
         """Empty the stream and the tables between rounds."""
         self.redis.delete(self.settings.stream_key, self.settings.dead_letter_key)
+        self.empty_tables()
 
+    def empty_tables(self) -> None:
         async def truncate(conn: asyncpg.Connection) -> None:
             await conn.execute(f"TRUNCATE {', '.join(WRITTEN_TABLES)}")
 

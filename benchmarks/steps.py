@@ -208,16 +208,22 @@ def _drain(
     (entries/s from its first batch, as it logs it; its peak RSS in MB)."""
     ctx.reset()
     _preload(ctx, payloads)
+    return run_drain(ctx, len(payloads), name, count_visits=count_visits)
+
+
+def run_drain(ctx: BenchContext, entries: int, name: str, **env: object) -> tuple[float, float]:
+    """One processor (`env`: its settings beside the run's) draining the `entries` waiting:
+    (entries/s from its first batch, as it logs it; its peak RSS in MB)."""
     log_path = ctx.log_dir / f"{name}.log"
     command = pinned([sys.executable, "-m", "processor", "--drain"], ctx.service_cpu)
-    processor = Measured(command, ctx.env(log_level="INFO", count_visits=count_visits), log_path)
+    processor = Measured(command, ctx.env(log_level="INFO", **env), log_path)
     if processor.wait(timeout=600) != 0:
         raise processor.failure("failed")
     assert processor.peak_rss_mb is not None
     found = PROCESSED.search(log_path.read_bytes())
-    if found is None or int(found[1]) != len(payloads):
-        raise AssertionError(f"the processor did not drain {len(payloads)} entries; see {log_path}")
-    return len(payloads) / float(found[2]), processor.peak_rss_mb
+    if found is None or int(found[1]) != entries:
+        raise AssertionError(f"the processor did not drain {entries} entries; see {log_path}")
+    return entries / float(found[2]), processor.peak_rss_mb
 
 
 POISON_SHARE = 0.005

@@ -166,6 +166,7 @@ def create_app(settings: Settings, edge: EdgeGuard | None = None) -> IngestRoute
         except REDIS_FAILURES as exc:
             logger.warning("Redis is not reachable yet (%r); ingest answers 503 until it is", exc)
         # One writer per stream shard (common/shards.py), each with its own connection.
+        shards = [shard.settings for shard in shards_of(settings)]
         writers = [
             StreamWriter(
                 stream_pipe(settings, client, shard),
@@ -174,12 +175,12 @@ def create_app(settings: Settings, edge: EdgeGuard | None = None) -> IngestRoute
                 settings.redis_timeout_ms / 1000,
                 counts,
             )
-            for shard in (s.settings for s in shards_of(settings))
+            for shard in shards
         ]
         publisher = MetricsPublisher(client, settings.stream_key, counts)
         backlog = BacklogMonitor(
             client,
-            [shard.settings.stream_key for shard in shards_of(settings)],
+            [shard.stream_key for shard in shards],
             settings.consumer_group,
             settings.max_backlog,
         )

@@ -21,10 +21,10 @@ POLL_INTERVAL_S = 0.1
 
 
 class BacklogMonitor:
-    def __init__(self, client: AsyncRedis, stream_keys: str | list[str], group: str, limit: int):
-        """`stream_keys`: the stream, or every shard's (common/shards.py): their sum."""
+    def __init__(self, client: AsyncRedis, stream_keys: list[str], group: str, limit: int):
+        """`stream_keys`: every shard's stream (common/shards.py), summed; one without shards."""
         self._client = client
-        self._stream_keys = [stream_keys] if isinstance(stream_keys, str) else stream_keys
+        self._stream_keys = stream_keys
         self._group = group
         self._limit = limit
         self.backlog = 0

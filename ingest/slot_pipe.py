@@ -67,8 +67,8 @@ class SlotPipe:
             self._pipe = None
 
     async def _open_to_owner(self) -> RedisPipe:
-        # The cluster client's own failures (no node answers, a slot not served) are
-        # redis-py's errors: raised as the connection's, which the writer answers with 503.
+        # The cluster client's failures to say where (no node answers, a slot not served)
+        # are raised as the connection's, which the writer answers with 503.
         try:
             if self._map_stale:
                 await self._cluster.nodes_manager.initialize()

@@ -141,7 +141,7 @@ async def test_the_backlog_poll_stops_although_a_read_loses_its_cancellation(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     client = LosesOneCancellation(redis_client)
-    monitor = BacklogMonitor(client, settings.stream_key, settings.consumer_group, 10)  # type: ignore[arg-type]
+    monitor = BacklogMonitor(client, [settings.stream_key], settings.consumer_group, 10)  # type: ignore[arg-type]
     monitor.start()
     await client.reading.wait()
     try:
