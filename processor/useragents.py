@@ -64,16 +64,20 @@ _NOTHING: _Facts = (None, None, None, None, None)
 def client_of(user_agent: str | None, screen_width: int | None) -> Client:
     """What a visitor browses with. The device class comes from the screen width where the
     tracker sent one (CSS pixels), else from the User-Agent."""
-    if not user_agent:
-        facts = _NOTHING
-    elif len(user_agent) <= MEMO_MAX_AGENT:
-        facts = _remembered_facts(user_agent)
-    else:
-        facts = _facts(user_agent)
-    browser, browser_version, os, os_version, device = facts
+    device = None
     if screen_width is not None and screen_width > 0:
         device = device_of_width(screen_width)
-    return Client(browser, browser_version, os, os_version, device)
+    if user_agent and len(user_agent) <= MEMO_MAX_AGENT:
+        return _remembered_client(user_agent, device)
+    return _client(user_agent, device)
+
+
+def _client(user_agent: str | None, device: str | None) -> Client:
+    """`device`: the screen's class, where the tracker sent its width."""
+    browser, browser_version, os, os_version, agent_device = (
+        _facts(user_agent) if user_agent else _NOTHING
+    )
+    return Client(browser, browser_version, os, os_version, device or agent_device)
 
 
 def device_of_width(screen_width: int) -> str:
@@ -133,4 +137,5 @@ def _name(text: str) -> str | None:
     return storable(text, MAX_NAME) or None
 
 
-_remembered_facts = functools.lru_cache(maxsize=MEMO_ENTRIES)(_facts)
+# Keyed by the agent and the screen's class: at most four entries an agent, all small.
+_remembered_client = functools.lru_cache(maxsize=MEMO_ENTRIES)(_client)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.constants import EVENT_FIELD
 from ingest.validation import parse_event
-from processor.decode import COLUMNS, STAGED_COLUMNS, decode_entries
+from processor.decode import (
+    COLUMNS,
+    STAGED_COLUMNS,
+    Row,
+    UndecodableEntry,
+    _common_row,
+    decode_entries,
+    decode_event,
+)
 
 RECEIVED = 1_700_000_000_000_000
 
@@ -172,3 +183,98 @@ def test_a_bad_entry_is_rejected_and_its_neighbours_kept(fields: dict[bytes, byt
     assert batch.row_ids == [b"1-0", b"3-0"]
     assert len(batch.rows) == 2
     assert list(batch.rejected) == [b"2-0"] and batch.rejected[b"2-0"] != ""
+
+
+# A common entry, and every value a field may take that one of the two ways could treat
+# apart: empty, null, of another type, not ASCII, with a NUL, over a limit, other case.
+_CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+_COMMON: dict[str, object] = {
+    "event_id": "0190b3c6-8d7e-7c4e-9a1b-2f3c4d5e6f70",
+    "site_id": "example.com",
+    "event_type": "page_view",
+    "user_id": "u-1",
+    "timestamp": RECEIVED - 5_000_000,
+    "received_at": RECEIVED,
+    "visitor_id": "5f0c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
+    "client_ip": "203.0.113.9",
+    "url": "https://www.example.com/docs/start",
+    "referrer": "https://duckduckgo.com/",
+    "user_agent": _CHROME,
+    "screen_width": 1280,
+    "country": "DE",
+}
+_TEXTS = ["", None, 7, True, "\u00e9t\u00e9", "a\x00b", "x" * 3000, "Mixed"]
+_OTHER_VALUES: dict[str, list[object]] = {
+    "event_id": ["0190B3C6-8D7E-7C4E-9A1B-2F3C4D5E6F70", "not-a-uuid", "", None, 5],
+    "site_id": _TEXTS,
+    "event_type": _TEXTS,
+    "path": ["/p", "/\u00e9", *_TEXTS],
+    "user_id": _TEXTS,
+    "timestamp": [-1, 2**62, -(2**62), True, 1.5, "1", None],
+    "received_at": [2**62, False, None],
+    "visitor_id": ["5F0C6A1E-2B3D-4E5F-8A9B-0C1D2E3F4A5B", "nope", "", None, 5],
+    "client_ip": ["::1", "nonsense", "", None, 4],
+    "url": [
+        "https://Example.com/a/b",
+        "http://example.com/a?utm_source=x&gclid=1",
+        "https://example.com/%C3%A9",
+        "/just/a/path",
+        "ftp://example.com/x",
+        "https://example.com/" + "p" * 2100,
+        *_TEXTS,
+    ],
+    "referrer": ["https://www.example.com/other", "android-app://x", *_TEXTS],
+    "user_agent": _TEXTS,
+    "ua": [_CHROME, *_TEXTS],
+    "screen_width": [390, 0, -5, 10**6, True, "1", None],
+    "country": ["de", "D", "A1", "\u00c9U", "", None, 1],
+    "props": [None, {}, {"plan": "pro"}, {"n": 1}, "x"],
+    "interactive": [True, False, None, 0, "no"],
+}
+_CHANGES = st.dictionaries(
+    st.sampled_from(sorted(_OTHER_VALUES)),
+    st.integers(0, 100),
+    max_size=3,
+).map(
+    lambda picks: {
+        key: _OTHER_VALUES[key][pick % len(_OTHER_VALUES[key])] for key, pick in picks.items()
+    }
+)
+
+
+def _outcome(decode: Callable[[], Row | None]) -> tuple[str, object]:
+    try:
+        return "row", decode()
+    except UndecodableEntry as exc:
+        return "rejected", str(exc)
+
+
+@settings(max_examples=2000)
+@given(changes=_CHANGES, left_out=st.sets(st.sampled_from(sorted(_COMMON)), max_size=2))
+def test_the_common_way_makes_the_detailed_ways_row_or_leaves_the_entry_to_it(
+    changes: dict[str, object], left_out: set[str]
+) -> None:
+    event = {k: v for k, v in _COMMON.items() if k not in left_out} | changes
+    payload = orjson.dumps(event)
+    detailed = _outcome(lambda: decode_event({EVENT_FIELD: payload}, b"1-0"))
+    common = _outcome(lambda: _common_row(payload, b"1-0"))
+    if common != ("row", None):  # None: left to the detailed way
+        assert common == detailed
+
+
+def test_the_edges_common_entry_takes_the_common_way() -> None:
+    event = valid_event(
+        url="https://www.example.com/pricing?utm_source=news",
+        referrer="https://duckduckgo.com/",
+        screen_width=1280,
+    ) | {"ua": _CHROME, "country": "DE", "visitor_id": str(uuid.uuid4())}
+    payload = orjson.dumps(event)
+    row = _common_row(payload, b"1-0")
+    assert row is not None
+    assert row == decode_event({EVENT_FIELD: payload}, b"1-0")
+    columns = dict(zip(STAGED_COLUMNS, row, strict=True))
+    assert (columns["hostname"], columns["source"], columns["browser"]) == (
+        "example.com",
+        "news",
+        "Chrome",
+    )

@@ -17,7 +17,7 @@ from ingest.geo import CountryLookup
 from processor import sources, useragents
 from processor.enrich import page_and_origin
 from processor.sources import load_referers, name_of_host, visit_source
-from processor.urls import MAX_FIELD, PageParts, page_parts, storable
+from processor.urls import MAX_FIELD, PageParts, detailed_page_parts, page_parts, storable
 from processor.useragents import Client, client_of
 
 # Any text a str can hold, lone surrogates and NUL included.
@@ -490,13 +490,14 @@ def test_the_native_accelerator_parses() -> None:
 
 
 def test_agents_are_remembered_up_to_the_memo_length_only() -> None:
-    useragents._remembered_facts.cache_clear()
+    useragents._remembered_client.cache_clear()
     client_of(CHROME_WINDOWS, None)
     client_of(CHROME_WINDOWS, 1000)
-    assert useragents._remembered_facts.cache_info().currsize == 1
+    client_of(CHROME_WINDOWS, 1200)  # the same class of screen as 1000
+    assert useragents._remembered_client.cache_info().currsize == 2
     long_agent = CHROME_WINDOWS + " " + "x" * useragents.MEMO_MAX_AGENT
     assert client_of(long_agent, None).browser == "Chrome"
-    assert useragents._remembered_facts.cache_info().currsize == 1
+    assert useragents._remembered_client.cache_info().currsize == 2
 
 
 def test_only_the_start_of_a_huge_agent_is_parsed() -> None:
@@ -581,3 +582,17 @@ def test_private_reserved_and_invalid_addresses_have_no_country(
     countries: CountryLookup, ip: str
 ) -> None:
     assert countries.country_of(ip) is None
+
+
+@hypothesis_settings(max_examples=1000)
+@given(
+    scheme=st.sampled_from(["https://", "http://", "HTTPS://", "hTtp://", "ftp://", "//", ""]),
+    host=st.text(alphabet="aZ09.-_:@[]%w ", max_size=12),
+    path=st.text(alphabet="/aZ9._~-%?#&=+ \u00e9", max_size=16),
+    long_path=st.booleans(),
+)
+def test_a_plain_urls_short_way_finds_the_long_ways_parts(
+    scheme: str, host: str, path: str, long_path: bool
+) -> None:
+    url = scheme + host + path + ("/x" * MAX_PATH if long_path else "")
+    assert page_parts(url) == detailed_page_parts(url)
