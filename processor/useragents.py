@@ -86,6 +86,11 @@ def device_of_width(screen_width: int) -> str:
     return "Tablet" if screen_width < TABLET_BELOW else "Desktop"
 
 
+def load_rules() -> None:
+    """Load uap-core's rules now rather than at the first parse."""
+    _resolver()
+
+
 @functools.cache
 def _resolver() -> Resolver:
     """uap-core's rules compiled once, at the first parse (0.1 s), not at import."""
