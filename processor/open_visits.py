@@ -33,13 +33,8 @@ from processor.counting import VisitorDay
 from processor.days import LocalDays, VisitorKeys
 from processor.decode import COLUMNS, Row
 from processor.rollups import (
-    ENTRY_PAGE,
-    EVENT_NAME,
-    EXIT_PAGE,
     PAGE,
-    PROPS_PREFIX,
     SITE,
-    VISIT_PROPERTIES,
     RollupChanges,
     eager_contribution,
     folded_contribution,
@@ -192,9 +187,7 @@ class OpenVisits:
                     later.append(key)
                     continue
                 site, day, _ = key
-                if len(held.visits) == 1 and not held.folded_until:  # the usual case
-                    _fold_visit(changes.figures(site, day), held.visits[0])
-                elif held.folded_until:
+                if held.folded_until:
                     before = folded_contribution(held.visits, held.folded_until)
                     after = folded_contribution(held.visits, until)
                     changes.count_difference(site, day, before, after)
@@ -295,38 +288,6 @@ def _count_page_visit(
         if path in visit.pages:
             return
     page[0] += 1
-
-
-def _fold_visit(figures: dict[tuple[str, str], list[int]], visit: Visit) -> None:
-    """count_new(folded_contribution([visit])) in one pass: the visitor-day's only visit,
-    folded for the first time, adds its visitor and its figures to each of its values."""
-    pageviews, events = visit.pageviews, visit.events
-    whole = (1, pageviews, visit.bounce, visit.end - visit.start, events)
-    counts: list[tuple[tuple[str, str], tuple[int, int, int, int, int]]] = [
-        (key, whole) for key in zip(VISIT_PROPERTIES, visit.dimensions, strict=False)
-    ]
-    if visit.entry is not None:
-        counts.append(((ENTRY_PAGE, visit.entry_page), whole))
-        counts.append(((EXIT_PAGE, visit.exit_page), whole))
-    if pageviews:
-        counts.append(((EVENT_NAME, PAGE_VIEW), (1, 0, 0, 0, pageviews)))
-    for name, count in visit.names.items():
-        counts.append(((EVENT_NAME, name), (1, 0, 0, 0, count)))
-    for prop, values in visit.props.items():
-        dimension = PROPS_PREFIX + prop
-        for value, count in values.items():
-            counts.append(((dimension, value), (1, 0, 0, 0, count)))
-    for key, (visits, views, bounces, duration, count) in counts:
-        change = figures.get(key)
-        if change is None:
-            figures[key] = [1, visits, views, bounces, duration, count]
-        else:
-            change[0] += 1
-            change[1] += visits
-            change[2] += views
-            change[3] += bounces
-            change[4] += duration
-            change[5] += count
 
 
 def _count_merge(

@@ -25,7 +25,7 @@ ENTRY_PAGE = "visit:entry_page"
 EXIT_PAGE = "visit:exit_page"
 EVENT_NAME = "event:name"
 PROPS_PREFIX = "event:props:"
-VISIT_PROPERTIES = tuple(f"visit:{name}" for name in VISIT_DIMENSIONS)
+_VISIT_PROPERTIES = tuple(f"visit:{name}" for name in VISIT_DIMENSIONS)
 
 _SITE_ID, _EVENT_TYPE, _PATH = (COLUMNS.index(name) for name in ("site_id", "event_type", "path"))
 
@@ -70,7 +70,7 @@ def folded_contribution(visits: list[Visit] | None, folded_until: int) -> Contri
         if visit.end + VISIT_GAP_MICROS > folded_until:
             continue
         whole = [1, visit.pageviews, visit.bounce, visit.duration, visit.events]
-        keys = list(zip(VISIT_PROPERTIES, visit.dimensions, strict=False))
+        keys = list(zip(_VISIT_PROPERTIES, visit.dimensions, strict=False))
         if visit.entry is not None:
             keys.append((ENTRY_PAGE, visit.entry_page))
             keys.append((EXIT_PAGE, visit.exit_page))
@@ -108,7 +108,7 @@ class RollupChanges:
     def __init__(self) -> None:
         self.days: dict[tuple[str, int], dict[tuple[str, str], list[int]]] = {}
 
-    def figures(self, site: str, day: int) -> dict[tuple[str, str], list[int]]:
+    def _day(self, site: str, day: int) -> dict[tuple[str, str], list[int]]:
         figures = self.days.get((site, day))
         if figures is None:
             figures = self.days[(site, day)] = {}
@@ -132,7 +132,7 @@ class RollupChanges:
 
     def count_new(self, site: str, day: int, contribution: Contribution) -> None:
         """Count a contribution where there was none (a new visitor-day, a first fold)."""
-        figures = self.figures(site, day)
+        figures = self._day(site, day)
         for key, (visits, pageviews, bounces, duration, events) in contribution.items():
             change = figures.get(key)
             if change is None:
@@ -149,7 +149,7 @@ class RollupChanges:
         self, site: str, day: int, before: Contribution, after: Contribution
     ) -> None:
         """Count what `after` adds to the rollups beyond `before`."""
-        figures = self.figures(site, day)
+        figures = self._day(site, day)
         for key in after.keys() | before.keys():
             new, old = after.get(key), before.get(key)
             visitor = (new is not None) - (old is not None)
