@@ -1,8 +1,8 @@
 """The visits a shard's owner holds in memory, counted in place. Pure code, no I/O.
 
 A shard's owner (docs/performance.md, "What the owner's state must keep true") keeps each
-visitor-day with a recent event in memory, with the visits it had at the last commit, so
-that a batch neither reads nor writes its row. Most events take one of two small steps on
+visitor-day with a recent event in memory, with its visits as counted so far, so that a
+batch neither reads nor writes its row. No processor uses it yet (docs/performance.md). Most events take one of two small steps on
 their visitor-day's last visit, whose changes to the rollups are counted directly:
 
 - an event after it within 30 minutes extends it (its duration, bounce, exit page, and
@@ -12,12 +12,12 @@ their visitor-day's last visit, whose changes to the rollups are counted directl
 Anything else is counted the general way (processor/counting.py), as the visitor-day's
 contribution after a merge less the one before: an event out of time order or of the
 same microsecond as the last (merge orders those by what they carry), or one of a visit
-folded already. Such a visitor-day's row is written in the same batch, so that the table
-holds every event older than the visitor-day's newest one (a takeover rebuilds the rest
-from the events stored after it).
+folded already. Such a visitor-day's row is to be written in the same batch, so that the
+table holds every event older than the visitor-day's newest one (a takeover recovers the
+newer ones).
 
-Visitor-days not in memory are left to the caller, who creates them or reads their rows
-(store.py), then `hold`s them. `fold` counts the visits of the visitor-days whose last
+Visitor-days not in memory are left to the caller, who creates their rows or reads them
+and hands them over (`add_created`, `add_read`). `fold` counts the visits of the visitor-days whose last
 visit has ended into the dimension rollups, and gives their rows to write; `release`
 forgets them once that has committed.
 """
