@@ -61,21 +61,47 @@ class BatchCount:
         its visits so far, None for a visitor counted before visits were kept, and until
         when they are folded), count the difference, and return the rows to write."""
         rows = VisitorDayRows()
-        changes = self.changes
         for key, data, folded_until in locked:
-            site, day, _ = key
             old = None if data is None else decode_visits(data)
-            before = eager_contribution(old)
-            # Folded visits that late events change, or late events' visits that ended
-            # before the fold (docs/metrics.md), change the dimension rollups now.
-            folded_before = folded_contribution(old, folded_until) if folded_until else None
-            visits = merge(old or [], self.visitor_days[key])
-            changes.count_difference(site, day, before, eager_contribution(visits))
-            if folded_before is not None:
-                after = folded_contribution(visits, folded_until)
-                changes.count_difference(site, day, folded_before, after)
-            rows.add(key, visits)
+            rows.add(key, count_merge(self.changes, key, old, folded_until, self.visitor_days[key]))
         return rows
+
+
+def count_merge(
+    changes: RollupChanges,
+    key: VisitorDay,
+    old: list[Visit] | None,
+    folded_until: int,
+    new: list[Visit],
+) -> list[Visit]:
+    """Merge `new` (separate visits in time order) into a visitor-day's `old` visits (None
+    for a visitor counted before visits were kept), count what the visits add after less
+    what they added before, and return them. Consumes both."""
+    site, day, _ = key
+    before = eager_contribution(old)
+    # Folded visits that late events change, or late events' visits that ended before
+    # the fold (docs/metrics.md), change the dimension rollups now.
+    folded_before = folded_contribution(old, folded_until) if folded_until else None
+    visits = merge(old or [], new)
+    changes.count_difference(site, day, before, eager_contribution(visits))
+    if folded_before is not None:
+        changes.count_difference(
+            site, day, folded_before, folded_contribution(visits, folded_until)
+        )
+    return visits
+
+
+def count_fold(
+    changes: RollupChanges, key: VisitorDay, visits: list[Visit], folded_until: int, until: int
+) -> None:
+    """Count a visitor-day's visits that ended by `until` into the dimension rollups, less
+    those counted at its last fold (until `folded_until`, 0 for none)."""
+    site, day, _ = key
+    after = folded_contribution(visits, until)
+    if folded_until:
+        changes.count_difference(site, day, folded_contribution(visits, folded_until), after)
+    else:  # the usual case: the first fold of the visitor-day
+        changes.count_new(site, day, after)
 
 
 def count_events(

@@ -27,10 +27,10 @@ import time
 import asyncpg
 
 from common.constants import MICROS_PER_DAY
-from processor.counting import VisitorDay, VisitorDayRows
+from processor.counting import VisitorDay, VisitorDayRows, count_fold
 from processor.health import Health
 from processor.months import reopen, write_horizon
-from processor.rollups import FIND_DUE, FOLD_DUE, RollupChanges, folded_contribution
+from processor.rollups import FIND_DUE, FOLD_DUE, RollupChanges
 from processor.store import Counting, apply_changes
 from processor.visits import decode_visits
 
@@ -80,13 +80,7 @@ async def _fold(
             if open_until > until:  # extended by another processor meanwhile
                 counting.due[key] = open_until
                 continue
-            visits = decode_visits(record["visits"])
-            site, day, _ = key
-            if folded_until:
-                before = folded_contribution(visits, folded_until)
-                changes.count_difference(site, day, before, folded_contribution(visits, until))
-            else:  # the usual case: the first fold of the visitor-day
-                changes.count_new(site, day, folded_contribution(visits, until))
+            count_fold(changes, key, decode_visits(record["visits"]), folded_until, until)
             folded += 1
         if folded:
             await apply_changes(conn, changes, VisitorDayRows())

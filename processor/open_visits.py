@@ -9,7 +9,7 @@ their visitor-day's last visit, whose changes to the rollups are counted directl
   its page's visits and visitors where the page is new to the visit or the day);
 - an event more than 30 minutes after it starts the next visit.
 
-Anything else is counted the general way (processor/counting.py), as the visitor-day's
+Anything else is counted the general way (counting.count_merge), as the visitor-day's
 contribution after a merge less the one before: an event out of time order or of the
 same microsecond as the last (merge orders those by what they carry), or one of a visit
 folded already. Such a visitor-day's row is to be written in the same batch, so that the
@@ -29,7 +29,7 @@ import dataclasses
 import orjson
 
 from common.constants import PAGE_VIEW
-from processor.counting import VisitorDay
+from processor.counting import VisitorDay, count_fold, count_merge
 from processor.days import LocalDays, VisitorKeys
 from processor.decode import COLUMNS, Row
 from processor.rollups import (
@@ -37,7 +37,6 @@ from processor.rollups import (
     SITE,
     RollupChanges,
     eager_contribution,
-    folded_contribution,
 )
 from processor.visits import VISIT_GAP_MICROS, Visit, merge, visit_of
 
@@ -141,7 +140,8 @@ class OpenVisits:
         rewritten = {}
         for key, new in general.items():
             held = days[key]
-            held.visits = _count_merge(changes, key, held.visits, held.folded_until, new)
+            new.sort(key=_start)
+            held.visits = count_merge(changes, key, held.visits, held.folded_until, new)
             self._list_due(key, held)
             rewritten[key] = held
         for key, new in unknown.items():
@@ -162,7 +162,7 @@ class OpenVisits:
         """A visitor-day of `batch.unknown` that existed: `old`, its visits as its row has
         them (None for a visitor counted before visits were kept), merged with the
         batch's, counted the general way; returns the visits to write back."""
-        visits = _count_merge(batch.changes, key, old, folded_until, batch.unknown[key])
+        visits = count_merge(batch.changes, key, old, folded_until, batch.unknown[key])
         self._hold(key, visits, folded_until)
         return visits
 
@@ -186,13 +186,7 @@ class OpenVisits:
                 if held.open_until > until:  # the minute `until` is in
                     later.append(key)
                     continue
-                site, day, _ = key
-                if held.folded_until:
-                    before = folded_contribution(held.visits, held.folded_until)
-                    after = folded_contribution(held.visits, until)
-                    changes.count_difference(site, day, before, after)
-                else:
-                    changes.count_new(site, day, folded_contribution(held.visits, until))
+                count_fold(changes, key, held.visits, held.folded_until, until)
                 # At once, not at commit: an event that changes a visit folded now is
                 # counted as one (the general way) by the batches counted meanwhile.
                 held.folded_until = until
@@ -288,28 +282,6 @@ def _count_page_visit(
         if path in visit.pages:
             return
     page[0] += 1
-
-
-def _count_merge(
-    changes: RollupChanges,
-    key: VisitorDay,
-    old: list[Visit] | None,
-    folded_until: int,
-    new: list[Visit],
-) -> list[Visit]:
-    """The general way, as BatchCount.count_existing counts a visitor-day read from its
-    row: what the visits add after the merge less what they added before. Consumes both."""
-    site, day, _ = key
-    before = eager_contribution(old)
-    folded_before = folded_contribution(old, folded_until) if folded_until else None
-    new.sort(key=_start)
-    visits = merge(old or [], new)
-    changes.count_difference(site, day, before, eager_contribution(visits))
-    if folded_before is not None:
-        changes.count_difference(
-            site, day, folded_before, folded_contribution(visits, folded_until)
-        )
-    return visits
 
 
 def _start(visit: Visit) -> tuple[int, list[str]]:
