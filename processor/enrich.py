@@ -82,7 +82,7 @@ def page_and_origin(url: str | None, referrer: str | None) -> tuple[PageParts, O
     if referrer is not None and url is not None and _same_origin(url, referrer):
         # Another page of the same site (most page views after the first): it tells
         # nothing of where the visit came from. Checked here, before the memo keyed by
-        # (page, referrer), which such pairs, all different, would only churn.
+        # the referrer, which such referrers, all different, would only churn.
         referrer = None
     return page, origin_of(page.hostname, page[2:], referrer)
 

@@ -71,7 +71,7 @@ def split_url(url: str) -> UrlParts:
 
 # Most page URLs: a scheme, a host and a path of unreserved characters, nothing to decode
 # or look up: cut by one match, the same parts page_parts finds the long way (a property
-# test holds both to that), in a third of its time.
+# test holds both to that), in about half its time (1.9 against 3.6 µs a URL).
 _PLAIN_URL = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9.\-]+)(/[A-Za-z0-9._~/\-]*)?")
 
 
