@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis
 
 from benchmarks import cluster, report, steps, wrk
-from benchmarks.context import BenchContext
+from benchmarks.context import BenchContext, drop_database
 from benchmarks.processes import ROOT, cpus
 from common.config import Settings
 from common.migrate import prepare_database
@@ -134,7 +133,7 @@ def main() -> int:
             for key in client.scan_iter(match=f"{settings.stream_key}*"):
                 client.delete(key)
             client.close()
-            asyncio.run(_drop(server_url, database))
+            asyncio.run(drop_database(server_url, database))
     results["machine"]["minutes"] = round((time.monotonic() - started) / 60, 1)
     json_path, png_path = report.write(results, Path(os.environ.get("BENCH_RESULTS", RESULTS_DIR)))
     print(report.text(results))
@@ -143,14 +142,6 @@ def main() -> int:
         f"run took {results['machine']['minutes']} min; wrote {json_path} and {png_path}"
     )
     return 0
-
-
-async def _drop(server_url: str, database: str) -> None:
-    conn = await asyncpg.connect(f"{server_url}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -67,3 +67,12 @@ def median(values: list[float]) -> float:
 
 def summary(values: list[float]) -> dict[str, Any]:
     return {"median": median(values), "runs": values}
+
+
+async def drop_database(server_url: str, database: str) -> None:
+    """Drop a database a run made, on its server's maintenance database."""
+    conn = await asyncpg.connect(f"{server_url}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -19,21 +19,20 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from benchmarks import data
-from benchmarks.__main__ import _drop
-from benchmarks.steps import _raw_copy
+from benchmarks.context import drop_database
+from benchmarks.steps import raw_copy
 from common.config import Settings
 from common.constants import EVENT_FIELD
 from common.migrate import prepare_database
 from processor import rollups, store
 from processor.decode import Entry, decode_entries
 from processor.folding import ALL_DAYS, EVERYTHING, fold_ended
-from processor.store import Counting, prepare_connection, store_rows
+from processor.store import Counting, months_of, prepare_connection, store_rows
 
 _TIMED = ("fetch", "fetchrow", "fetchval", "execute", "copy_records_to_table")
 # The statements a batch and a fold run, by their names in the code.
@@ -111,7 +110,7 @@ async def measure(database_url: str, events: int, batch_size: int, visits: bool)
     conn = await asyncpg.connect(database_url)
     try:
         await prepare_connection(conn)
-        months = {datetime.fromtimestamp(row[5] / 1e6, UTC).date().replace(day=1) for row in rows}
+        months = sorted(months_of(rows))
         await conn.execute(store.ENSURE_PARTITIONS, [month.isoformat() for month in months])
         timed = TimedConnection(conn, seconds)
         counting = Counting(visits=visits)
@@ -122,10 +121,10 @@ async def measure(database_url: str, events: int, batch_size: int, visits: bool)
             timed.stage = "the fold: "
             await fold_ended(timed, counting, EVERYTHING, sweep_from=ALL_DAYS)  # type: ignore[arg-type]
         elapsed = time.perf_counter() - started
-        raw_copy = await _raw_copy(conn, rows, batch_size)
+        copy_rate = await raw_copy(conn, rows, batch_size)
     finally:
         await conn.close()
-    return {"elapsed": elapsed, "seconds": seconds, "events": len(rows), "raw_copy": raw_copy}
+    return {"elapsed": elapsed, "seconds": seconds, "events": len(rows), "raw_copy": copy_rate}
 
 
 def _slowest_first(seconds: dict[str, float]) -> list[tuple[str, float]]:
@@ -161,7 +160,7 @@ async def _in_own_database(
         await prepare_database(f"{server_url}/{database}")
         return await work(f"{server_url}/{database}")
     finally:
-        await _drop(server_url, database)
+        await drop_database(server_url, database)
 
 
 def main() -> None:

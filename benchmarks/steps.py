@@ -190,7 +190,7 @@ def processing(ctx: BenchContext, events: int, *, count_visits: bool = False) ->
         ours.append(rate)
         rss.append(peak_rss_mb)
         _check_processed(ctx, events, views, count_visits=count_visits)
-        copies.append(ctx.with_db(lambda conn: _raw_copy(conn, rows, batch_size)))
+        copies.append(ctx.with_db(lambda conn: raw_copy(conn, rows, batch_size)))
     return {
         "events": events,
         "batch_size": batch_size,
@@ -299,7 +299,7 @@ def _check_processed(
         raise AssertionError(f"{visits} visits counted, {folded} of them folded")
 
 
-async def _raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) -> float:
+async def raw_copy(conn: asyncpg.Connection, rows: list[Any], batch_size: int) -> float:
     """Rows/s of a binary COPY of the same rows, in the same batches and encoding, into an
     unindexed table."""
     await use_epoch_micros(conn)

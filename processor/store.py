@@ -271,9 +271,13 @@ class EventStore:
             self._months |= missing
 
     async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[Row]) -> None:
-        days = {row[5] // MICROS_PER_DAY for row in rows}  # integer work per row, dates per day
-        months = {date.fromordinal(_UNIX_EPOCH_ORDINAL + day).replace(day=1) for day in days}
-        await self.ensure_months(conn, months)
+        await self.ensure_months(conn, months_of(rows))
+
+
+def months_of(rows: list[Row]) -> set[date]:
+    """The months (their first days, UTC) of the rows' events: the partitions they need."""
+    days = {row[5] // MICROS_PER_DAY for row in rows}  # integer work per row, dates per day
+    return {date.fromordinal(_UNIX_EPOCH_ORDINAL + day).replace(day=1) for day in days}
 
 
 # Months go as ISO text: asyncpg sends date.min (0001-01-01) as -infinity, which no
